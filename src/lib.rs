@@ -1,0 +1,1 @@
+//! realmgate: multi-tenant authentication gateway on Pingora.
