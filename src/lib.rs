@@ -1,1 +1,11 @@
-//! realmgate: multi-tenant authentication gateway on Pingora.
+//! realmgate: a multi-tenant authentication gateway on Pingora.
+//!
+//! Every request is mapped from its `Host` to a tenant and that tenant's Keycloak realm, its
+//! access token is verified against the realm's JWKS, the route's `resource.action.scope`
+//! permission is enforced, and the client's identity headers are replaced by verified ones
+//! before the request reaches the upstream. The request path lives in [`proxy`]; every step it
+//! takes is a call into a pure module below it.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod metrics;
