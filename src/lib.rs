@@ -8,4 +8,15 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod headers;
 pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod respond;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tenant;
