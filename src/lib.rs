@@ -8,4 +8,5 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod grants;
 pub mod metrics;
