@@ -43,6 +43,7 @@ impl AdminApp {
                 }
             }
             "/metrics" => {
+                self.shared.keys.refresh_age_gauges();
                 let body = metrics().encode();
                 Response::builder()
                     .status(StatusCode::OK)

@@ -53,7 +53,9 @@ pub fn build_server(
     crate::metrics::metrics()
         .tenants
         .set_cap(cfg.raw.metrics.tenant_label_cap);
-    let shared = Shared::new(cfg);
+    let redis_configured = cfg.grants.is_some();
+    let (shared, refresher) = Shared::new(cfg)
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -72,6 +74,14 @@ pub fn build_server(
         },
     ));
 
+    // Every JWKS fetch happens on this service's runtime (reqwest clients are runtime-bound).
+    server.add_service(background_service("jwks refresher", refresher));
+    if redis_configured {
+        server.add_service(background_service(
+            "redis invalidation subscriber",
+            crate::grants::GrantSubscriber(shared.grants.clone()),
+        ));
+    }
     if let Some(path) = source {
         server.add_service(background_service(
             "config reload",

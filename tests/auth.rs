@@ -283,16 +283,18 @@ async fn oversized_token_is_401_not_500() {
 
 #[tokio::test]
 async fn unknown_kid_refetches_after_rotation_once() {
-    let e = env().await;
-    let before = e.kc.jwks_hits("tenant-acme");
+    let e = env_with("jwks_min_refetch_interval: 3s").await;
+    let ghost = SigningKey::rsa("acme-ghost");
     let rotated = SigningKey::rsa("acme-2");
+    // The start-up load counts as this interval's fetch.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let before = e.kc.jwks_hits("tenant-acme");
     e.kc.set_keys("tenant-acme", &[&e.acme, &rotated]);
     let t = rotated.sign(&acme_claims(&e));
     let (status, _, body) = call(&e.gw, "acme.qa.example.com", "/api/v1/me", Some(&t)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(e.kc.jwks_hits("tenant-acme"), before + 1);
     // A kid nobody publishes: refused, and within the refetch interval no new fetch.
-    let ghost = SigningKey::rsa("acme-ghost");
     expect_401(&e, &ghost.sign(&acme_claims(&e)), "unknown_key").await;
     assert_eq!(e.kc.jwks_hits("tenant-acme"), before + 1);
     // A known kid with a bad signature never triggers a refetch.

@@ -8,8 +8,15 @@ use ipnet::IpNet;
 
 use super::raw::{self, RawConfig};
 use super::ConfigError;
+use crate::authz::{
+    Catalog, DefaultPolicy, MatchMode, RoleMap, RoleSource, RouteRule, RouteSpec, RouteTable,
+    Scopes, SlashPolicy,
+};
+use crate::grants::GrantSettings;
 use crate::headers::{HeaderNames, HeaderPolicy};
+use crate::jwks::{Alg, JwksSettings, RealmOverride};
 use crate::tenant::{HostPatternDef, Tenant, TenantDef, TenantSource, TenantStatus, TenantTable};
+use crate::verify::VerifySettings;
 
 /// Where and how to reach one upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +52,23 @@ pub struct RuntimeConfig {
     /// means the default upstream.
     tenant_upstreams: Vec<Option<UpstreamTarget>>,
     pattern_upstreams: Vec<Option<UpstreamTarget>>,
+    /// Interned resources/actions/scopes; permission ids only mean something with it.
+    pub catalog: Catalog,
+    pub roles: RoleMap,
+    /// Per static tenant (by config index): its overlaid role map, if it has overlays.
+    tenant_roles: Vec<Option<RoleMap>>,
+    pub routes: RouteTable,
+    /// Per static tenant: its own rules, checked before the global ones.
+    tenant_routes: Vec<Option<RouteTable>>,
+    /// Per static tenant: `false` = shadow mode.
+    tenant_enforce: Vec<bool>,
+    pub default_policy: DefaultPolicy,
+    pub slashes: SlashPolicy,
+    pub jwks: JwksSettings,
+    pub verify: VerifySettings,
+    pub grants: Option<GrantSettings>,
+    /// Realms of statically configured tenants (preloaded; readiness waits for them).
+    pub static_realms: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -57,6 +81,35 @@ impl RuntimeConfig {
         specific
             .and_then(Option::as_ref)
             .unwrap_or(&self.default_upstream)
+    }
+
+    fn static_index(tenant: &Tenant) -> Option<usize> {
+        match tenant.source {
+            TenantSource::Static { index } => Some(index),
+            TenantSource::Pattern { .. } => None,
+        }
+    }
+
+    /// The tenant's own route table, consulted before the global one.
+    pub fn tenant_routes(&self, tenant: &Tenant) -> Option<&RouteTable> {
+        Self::static_index(tenant).and_then(|i| self.tenant_routes.get(i)?.as_ref())
+    }
+
+    /// The role map that applies to a tenant (global, or its overlay).
+    pub fn roles_for(&self, tenant: &Tenant) -> &RoleMap {
+        Self::static_index(tenant)
+            .and_then(|i| self.tenant_roles.get(i)?.as_ref())
+            .unwrap_or(&self.roles)
+    }
+
+    /// Whether decisions are enforced for this tenant and rule (shadow mode otherwise).
+    pub fn enforce(&self, tenant: &Tenant, rule: Option<&RouteRule>) -> bool {
+        if let Some(e) = rule.and_then(RouteRule::enforce) {
+            return e;
+        }
+        Self::static_index(tenant)
+            .and_then(|i| self.tenant_enforce.get(i).copied())
+            .unwrap_or(true)
     }
 
     /// One paragraph for `realmgate check` and the startup log.
@@ -318,14 +371,45 @@ impl RuntimeConfig {
             None
         };
 
-        match (proxy_addr, admin_addr, default_upstream, headers, tenants) {
+        let authz = compile_authz(&raw, &mut e);
+        let (jwks, verify) = jwt_settings(&raw, &mut e);
+        let grants = raw.redis.as_ref().map(|r| GrantSettings {
+            url: r.url.clone(),
+            command_timeout: r.command_timeout,
+            cache_ttl: r.cache_ttl,
+            cache_capacity: r.cache_size,
+            degraded_ttl: r.degraded_ttl,
+            channel: r.channel.clone(),
+            key_prefix: r.key_prefix.clone(),
+            ..GrantSettings::default()
+        });
+        let mut static_realms: Vec<String> = raw.tenants.iter().map(|t| t.realm.clone()).collect();
+        static_realms.sort();
+        static_realms.dedup();
+
+        match (
+            proxy_addr,
+            admin_addr,
+            default_upstream,
+            headers,
+            tenants,
+            authz,
+        ) {
             (
                 Some(proxy_addr),
                 Some(admin_addr),
                 Some(default_upstream),
                 Some(headers),
                 Some(tenants),
+                Some(authz),
             ) if e.0.is_empty() => {
+                let Authz {
+                    catalog,
+                    roles,
+                    tenant_roles,
+                    routes,
+                    tenant_routes,
+                } = authz;
                 let timeouts = UpstreamTimeouts {
                     connect: up.connect_timeout,
                     read: up.read_timeout,
@@ -333,8 +417,6 @@ impl RuntimeConfig {
                     idle: up.idle_timeout,
                 };
                 Ok(Self {
-                    raw,
-                    source,
                     proxy_addr,
                     admin_addr,
                     default_upstream,
@@ -343,11 +425,195 @@ impl RuntimeConfig {
                     tenants,
                     tenant_upstreams,
                     pattern_upstreams,
+                    catalog,
+                    roles,
+                    tenant_roles,
+                    routes,
+                    tenant_routes,
+                    tenant_enforce: raw.tenants.iter().map(|t| t.enforce).collect(),
+                    default_policy: match raw.default_policy {
+                        raw::DefaultPolicySection::Deny => DefaultPolicy::Deny,
+                        raw::DefaultPolicySection::Authenticated => DefaultPolicy::Authenticated,
+                        raw::DefaultPolicySection::Allow => DefaultPolicy::Allow,
+                    },
+                    slashes: match raw.paths.slashes {
+                        raw::SlashesSection::Merge => SlashPolicy::Merge,
+                        raw::SlashesSection::Reject => SlashPolicy::Reject,
+                    },
+                    jwks,
+                    verify,
+                    grants,
+                    static_realms,
+                    raw,
+                    source,
                 })
             }
             _ => Err(ConfigError { errors: e.0 }),
         }
     }
+}
+
+struct Authz {
+    catalog: Catalog,
+    roles: RoleMap,
+    tenant_roles: Vec<Option<RoleMap>>,
+    routes: RouteTable,
+    tenant_routes: Vec<Option<RouteTable>>,
+}
+
+fn route_spec(r: &raw::RouteSection) -> RouteSpec<'_> {
+    RouteSpec {
+        path: &r.path,
+        methods: r.methods.as_deref(),
+        public: r.public,
+        authenticated: r.authenticated,
+        permission: r.permission.as_deref(),
+        permissions: r.permissions.as_deref(),
+        match_mode: match r.match_mode {
+            raw::MatchSection::Any => MatchMode::Any,
+            raw::MatchSection::All => MatchMode::All,
+        },
+        enforce: r.enforce,
+        allow_query_token: r.allow_query_token,
+    }
+}
+
+/// Compiles scopes, roles and routes (global and per tenant) into one catalog.
+fn compile_authz(raw: &RawConfig, e: &mut Errors) -> Option<Authz> {
+    let push_all = |e: &mut Errors, errs: Vec<crate::authz::BuildError>| {
+        for b in errs {
+            e.0.push(b.to_string());
+        }
+    };
+    let scopes = match Scopes::new(&raw.scopes) {
+        Ok(s) => s,
+        Err(errs) => {
+            push_all(e, errs);
+            return None;
+        }
+    };
+    let mut catalog = Catalog::new(scopes);
+    let roles = RoleMap::build(
+        &mut catalog,
+        RoleSource {
+            path: "roles",
+            roles: &raw.roles,
+        },
+    )
+    .map_err(|errs| push_all(e, errs))
+    .ok();
+    let cs = raw.paths.case_sensitive;
+    let routes = RouteTable::build(
+        &mut catalog,
+        raw.routes.iter().map(route_spec),
+        "routes",
+        cs,
+    )
+    .map_err(|errs| push_all(e, errs))
+    .ok();
+    let mut tenant_routes = Vec::with_capacity(raw.tenants.len());
+    let mut tenant_roles = Vec::with_capacity(raw.tenants.len());
+    for (i, t) in raw.tenants.iter().enumerate() {
+        tenant_routes.push(if t.routes.is_empty() {
+            None
+        } else {
+            RouteTable::build(
+                &mut catalog,
+                t.routes.iter().map(route_spec),
+                &format!("tenants[{i}].routes"),
+                cs,
+            )
+            .map_err(|errs| push_all(e, errs))
+            .ok()
+        });
+        let overlay = match &roles {
+            Some(global) if !(t.roles.is_empty() && t.role_overrides.is_empty()) => global
+                .overlay(
+                    &mut catalog,
+                    RoleSource {
+                        path: &format!("tenants[{i}].roles"),
+                        roles: &t.roles,
+                    },
+                    RoleSource {
+                        path: &format!("tenants[{i}].role_overrides"),
+                        roles: &t.role_overrides,
+                    },
+                )
+                .map_err(|errs| push_all(e, errs))
+                .ok(),
+            _ => None,
+        };
+        tenant_roles.push(overlay);
+    }
+    Some(Authz {
+        catalog,
+        roles: roles?,
+        tenant_roles,
+        routes: routes?,
+        tenant_routes,
+    })
+}
+
+fn parse_algs(algs: &[String]) -> Vec<Alg> {
+    algs.iter().filter_map(|a| Alg::from_name(a)).collect()
+}
+
+/// JWKS and token-verification settings from the `keycloak` section.
+fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySettings) {
+    let k = &raw.keycloak;
+    let mut overrides = std::collections::HashMap::new();
+    for (realm, o) in &k.realms {
+        if !crate::jwks::valid_realm_name(realm) {
+            e.push(
+                format!("keycloak.realms.{realm}"),
+                "is not a valid realm name",
+            );
+        }
+        overrides.insert(
+            realm.clone(),
+            RealmOverride {
+                issuer: o.issuer.clone(),
+                jwks_uri: o.jwks_uri.clone(),
+                jwks_file: o.jwks_file.as_ref().map(PathBuf::from),
+                algorithms: o.algorithms.as_deref().map(parse_algs),
+            },
+        );
+    }
+    let jwks = JwksSettings {
+        base_url: k.base_url.trim_end_matches('/').to_string(),
+        algorithms: parse_algs(&k.algorithms),
+        refresh: k.jwks_refresh,
+        min_refetch_interval: k.jwks_min_refetch_interval,
+        max_stale: k.jwks_max_stale,
+        fetch_timeout: k.fetch_timeout,
+        refetch_wait: k.refetch_wait,
+        load_wait: k.refetch_wait.max(Duration::from_secs(1)),
+        negative_ttl: k.dynamic_realms.negative_ttl,
+        max_dynamic_realms: k.dynamic_realms.max,
+        realm_overrides: overrides,
+        ..JwksSettings::default()
+    };
+    let verify = VerifySettings {
+        audiences: k.audiences.clone(),
+        leeway: k.leeway,
+        max_token_bytes: k.max_token_bytes,
+        cookie_name: k.token_cookie.clone(),
+        allow_query_token: false,
+        client_role_clients: k
+            .client_roles
+            .clone()
+            .unwrap_or_else(|| k.audiences.clone()),
+        permissions_claim: k.permissions_claim.clone(),
+        claim_headers: raw
+            .headers
+            .claims
+            .iter()
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect(),
+        max_header_value_len: raw.headers.max_value_len,
+        token_cache_capacity: k.token_cache_size,
+    };
+    (jwks, verify)
 }
 
 const ALGORITHMS: &[&str] = &[

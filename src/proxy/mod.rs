@@ -18,12 +18,15 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::authz::{canonicalize, match_layered, Access, DefaultPolicy, PermissionSet, RouteRule};
 use crate::config::RuntimeConfig;
-use crate::headers::{is_valid_request_id, new_request_id};
+use crate::grants::GrantSource;
+use crate::headers::{header_value, is_valid_request_id, new_request_id};
 use crate::metrics::metrics;
-use crate::respond::Rejection;
+use crate::respond::{Challenge, Rejection};
 use crate::state::Shared;
 use crate::tenant::Tenant;
+use crate::verify::{extract_token, AuthError, Identity};
 
 pub use host::request_host;
 
@@ -50,6 +53,16 @@ pub struct RequestCtx {
     tenant: Option<Arc<Tenant>>,
     /// The `Host` as received (for `X-Forwarded-Host` / `Forwarded`).
     host: Option<HeaderValue>,
+    /// The verified caller (absent on public routes).
+    identity: Option<Arc<Identity>>,
+    /// Widest scope held for the route's permission, forwarded as `X-Auth-Scope`.
+    scope: Option<Box<str>>,
+    /// The canonical request target, when it differs from what the client sent.
+    forward_target: Option<Vec<u8>>,
+    /// Route id (`routes[3]`) for logs.
+    route: Option<Box<str>>,
+    /// allow, deny, public, shadow_deny, ...
+    decision: &'static str,
     /// Set when the gateway answered instead of the upstream.
     rejected: Option<&'static str>,
     status: u16,
@@ -90,6 +103,129 @@ impl Gateway {
         session.write_response_body(Some(body), true).await?;
         Ok(true)
     }
+}
+
+impl Gateway {
+    /// A refusal that shadow mode turns into a logged, counted pass.
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: Rejection,
+        enforce: bool,
+        identity: Option<Arc<Identity>>,
+    ) -> Result<bool> {
+        if enforce {
+            return self.reject(session, ctx, r).await;
+        }
+        metrics()
+            .shadow_decisions_total
+            .with_label_values(&["deny"])
+            .inc();
+        tracing::warn!(
+            target: "realmgate::audit",
+            request_id = ctx.request_id_str().unwrap_or(""),
+            tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
+            route = ctx.route.as_deref().unwrap_or(""),
+            would_be = r.code,
+            "shadow mode: request passed that enforcement would refuse"
+        );
+        ctx.decision = "shadow_deny";
+        ctx.identity = identity;
+        Ok(false)
+    }
+
+    /// The caller's effective permissions: config roles (tenant overlay included), the token's
+    /// permission claim and Redis grants, compiled once and cached.
+    async fn permission_set(
+        &self,
+        cfg: &Arc<RuntimeConfig>,
+        tenant: &Tenant,
+        identity: &Identity,
+    ) -> Arc<PermissionSet> {
+        let roles = cfg.roles_for(tenant);
+        self.shared
+            .grants
+            .effective(&tenant.id, &identity.sub, &identity.all_roles, |source| {
+                let redis: Vec<&str> = match source {
+                    GrantSource::Redis(raw) => raw
+                        .user
+                        .iter()
+                        .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
+                        .map(String::as_str)
+                        .collect(),
+                    GrantSource::Unavailable | GrantSource::Disabled => Vec::new(),
+                };
+                let (set, rejected) = roles.compile(
+                    &cfg.catalog,
+                    identity.all_roles.iter().map(|r| &**r),
+                    identity.permissions.iter().map(String::as_str).chain(redis),
+                );
+                for r in &rejected {
+                    metrics().invalid_grants_total.with_label_values(&["redis_or_claim"]).inc();
+                    tracing::warn!(tenant = &*tenant.id, grant = %r.grant, error = %r.error, "ignored an invalid grant");
+                }
+                set
+            })
+            .await
+    }
+}
+
+/// What the matched rule (or the default policy) asks for.
+enum RouteAccess<'a> {
+    Rule(&'a Access),
+    Denied,
+}
+
+/// The one mapping from token failures to HTTP answers (RFC 6750 challenge on 401).
+fn auth_rejection(e: &AuthError, tenant: &Tenant) -> Rejection {
+    match e.http_status() {
+        401 => Rejection::new(401, e.code(), e.description()).with_challenge(Challenge {
+            realm: tenant.id.to_string(),
+            error: e.bearer_error(),
+            description: (!e.is_missing()).then(|| e.description().into()),
+        }),
+        503 => Rejection::new(503, e.code(), e.description())
+            .with_retry_after(e.retry_after_secs().unwrap_or(5).min(u64::from(u32::MAX)) as u32),
+        status => Rejection::new(status, e.code(), e.description()),
+    }
+}
+
+fn audit_token_failure(ctx: &RequestCtx, tenant: &Tenant, e: &AuthError) {
+    tracing::info!(
+        target: "realmgate::audit",
+        request_id = ctx.request_id_str().unwrap_or(""),
+        tenant = &*tenant.id,
+        realm = &*tenant.realm,
+        route = ctx.route.as_deref().unwrap_or(""),
+        decision = "unauthenticated",
+        reason = e.code(),
+        "token refused"
+    );
+}
+
+fn audit_decision(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    identity: &Identity,
+    required: &str,
+    decision: &str,
+) {
+    tracing::info!(
+        target: "realmgate::audit",
+        request_id = ctx.request_id_str().unwrap_or(""),
+        tenant = &*tenant.id,
+        realm = &*tenant.realm,
+        sub = %identity.sub,
+        route = ctx.route.as_deref().unwrap_or(""),
+        required,
+        decision,
+        "authorization decision"
+    );
+    metrics()
+        .decisions_total
+        .with_label_values(&[metrics().tenants.label(&tenant.id), decision])
+        .inc();
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -160,8 +296,117 @@ impl ProxyHttp for Gateway {
                 )
                 .await;
         }
-        ctx.tenant = Some(tenant);
-        ctx.config = Some(cfg);
+        ctx.tenant = Some(tenant.clone());
+        ctx.config = Some(cfg.clone());
+
+        // One canonical path: it is what gets matched, authorised and forwarded.
+        let req = session.req_header();
+        let method = req.method.clone();
+        let target = host::origin_form(req.raw_path());
+        let canon = match canonicalize(target, cfg.slashes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(reason = e.reason(), "refused request path");
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        Rejection::new(400, e.code(), "the request path is not acceptable"),
+                    )
+                    .await;
+            }
+        };
+        if canon.is_rewritten() || target.len() != req.raw_path().len() {
+            ctx.forward_target = Some(canon.request_target().into_owned());
+        }
+        let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &method, &canon);
+        let query = canon.query_str();
+        let enforce = cfg.enforce(&tenant, rule);
+        ctx.route = rule.map(|r| Box::from(r.id()));
+
+        let access = match rule.map(RouteRule::access) {
+            Some(a) => RouteAccess::Rule(a),
+            None => match cfg.default_policy {
+                DefaultPolicy::Deny => RouteAccess::Denied,
+                DefaultPolicy::Authenticated => RouteAccess::Rule(&Access::Authenticated),
+                DefaultPolicy::Allow => RouteAccess::Rule(&Access::Public),
+            },
+        };
+        let requirement = match access {
+            RouteAccess::Rule(Access::Public) => {
+                ctx.decision = "public";
+                return Ok(false);
+            }
+            RouteAccess::Denied => {
+                let r = Rejection::new(403, "route_denied", "no route allows this request");
+                return self.deny(session, ctx, r, enforce, None).await;
+            }
+            RouteAccess::Rule(Access::Authenticated) => None,
+            RouteAccess::Rule(Access::Permission(req)) => Some(req),
+        };
+
+        // Authentication: the host's own realm, nothing else.
+        let allow_query = rule.is_some_and(RouteRule::allow_query_token);
+        let verified = match extract_token(
+            &session.req_header().headers,
+            cfg.raw.keycloak.token_cookie.as_deref(),
+            query,
+            allow_query,
+            cfg.raw.keycloak.max_token_bytes,
+        ) {
+            Ok(Some(token)) => {
+                self.shared
+                    .verifier
+                    .verify(&tenant.id, &tenant.realm, token)
+                    .await
+            }
+            Ok(None) => Err(AuthError::MissingToken),
+            Err(e) => Err(e),
+        };
+        let identity = match verified {
+            Ok(i) => i,
+            Err(e) => {
+                audit_token_failure(ctx, &tenant, &e);
+                return self.reject(session, ctx, auth_rejection(&e, &tenant)).await;
+            }
+        };
+
+        // Authorisation: the route's permission against the user's effective set.
+        if let Some(req) = requirement {
+            let set = self.permission_set(&cfg, &tenant, &identity).await;
+            match req.authorize(&set) {
+                Some(scope) => {
+                    ctx.scope = Some(Box::from(cfg.catalog.scopes().name(scope)));
+                    ctx.decision = "allow";
+                    audit_decision(ctx, &tenant, &identity, req.label(), "allow");
+                }
+                None => {
+                    ctx.identity = Some(identity.clone());
+                    let required = cfg
+                        .raw
+                        .authz
+                        .expose_required
+                        .then(|| req.label().to_string());
+                    let r = Rejection::new(
+                        403,
+                        "forbidden",
+                        "the token does not grant the permission this route requires",
+                    )
+                    .with_required(required);
+                    audit_decision(
+                        ctx,
+                        &tenant,
+                        &identity,
+                        req.label(),
+                        if enforce { "deny" } else { "shadow_deny" },
+                    );
+                    return self.deny(session, ctx, r, enforce, Some(identity)).await;
+                }
+            }
+        } else {
+            ctx.decision = "authenticated";
+        }
+        ctx.identity = Some(identity);
         Ok(false)
     }
 
@@ -216,13 +461,41 @@ impl ProxyHttp for Gateway {
                 "no routing decision",
             ));
         };
-        // Forward origin-form only: an absolute-form target would name the host a second time.
-        if host::absolute_form_authority(upstream.raw_path()).is_some() {
-            let origin = host::origin_form(upstream.raw_path()).to_vec();
-            upstream.set_raw_path(&origin)?;
+        // Forward exactly the target that was authorised (canonical, origin-form).
+        if let Some(target) = ctx.forward_target.take() {
+            upstream.set_raw_path(&target)?;
         }
         let h = &cfg.headers;
         upstream.insert_header(h.tenant.clone(), &*tenant.id)?;
+        if let Some(id) = &ctx.identity {
+            let max = h.max_value_len;
+            upstream.insert_header(
+                h.user_id.clone(),
+                header_value(&id.sub, max).unwrap_or(HeaderValue::from_static("")),
+            )?;
+            if let Some(v) = id
+                .preferred_username
+                .as_deref()
+                .and_then(|v| header_value(v, max))
+            {
+                upstream.insert_header(h.user_name.clone(), v)?;
+            }
+            if let Some(v) = id.email.as_deref().and_then(|v| header_value(v, max)) {
+                upstream.insert_header(h.user_email.clone(), v)?;
+            }
+            if let Some(v) = header_value(&id.roles_header, max) {
+                upstream.insert_header(h.roles.clone(), v)?;
+            }
+            for (name, value) in &id.extra {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(scope) = &ctx.scope {
+                upstream.insert_header(h.scope.clone(), &**scope)?;
+            }
+            if cfg.raw.keycloak.strip_authorization {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
         upstream.insert_header(h.realm.clone(), &*tenant.realm)?;
         if let Some(id) = &ctx.request_id {
             upstream.insert_header(h.request_id.clone(), id.clone())?;
@@ -380,6 +653,9 @@ impl ProxyHttp for Gateway {
                 request_id = ctx.request_id_str().unwrap_or(""),
                 tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
                 realm = ctx.tenant.as_ref().map(|t| &*t.realm).unwrap_or(""),
+                sub = ctx.identity.as_ref().map(|i| i.sub.as_str()).unwrap_or(""),
+                route = ctx.route.as_deref().unwrap_or(""),
+                decision = ctx.decision,
                 method = req.method.as_str(),
                 path = req.uri.path(),
                 status,
