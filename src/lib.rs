@@ -1,1 +1,3 @@
 //! realmgate: multi-tenant authentication gateway on Pingora.
+
+pub mod tenant;
