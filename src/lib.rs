@@ -8,4 +8,6 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod jwks;
 pub mod metrics;
+pub mod verify;
