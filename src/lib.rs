@@ -8,6 +8,19 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod demo;
+pub mod grants;
+pub mod headers;
 pub mod jwks;
 pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod respond;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tenant;
 pub mod verify;

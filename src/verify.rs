@@ -608,6 +608,9 @@ pub struct Identity {
     /// Realm then client roles, deduplicated, comma-joined; whole roles only (a role that
     /// would overflow the cap is left out, never cut).
     pub roles_header: String,
+    /// Realm then client roles, deduplicated, shared: the permission-cache key and the
+    /// Redis role lookups use it without allocating per request.
+    pub all_roles: Box<[Arc<str>]>,
 }
 
 impl Identity {
@@ -723,6 +726,7 @@ fn build_identity(
     let header_roles = realm_roles
         .iter()
         .chain(client_roles.iter().filter(|r| !in_realm.contains(r)));
+    let all_roles: Box<[Arc<str>]> = header_roles.clone().map(Arc::from).collect();
     let roles_header = join_capped(header_roles, max);
     let mut permissions = Vec::new();
     if let Some(path) = &policy.permissions {
@@ -770,6 +774,7 @@ fn build_identity(
         azp: c.azp.as_ref().and_then(|s| sanitize(&s.0, max)),
         extra,
         roles_header,
+        all_roles,
     })
 }
 

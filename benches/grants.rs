@@ -1,0 +1,55 @@
+//! Hit-path cost of `GrantStore::effective` (the per-request part). The hit path is the same
+//! with or without Redis, so the store runs without it.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures::FutureExt;
+use realmgate::grants::GrantStore;
+
+fn hit(c: &mut Criterion) {
+    let store = GrantStore::<u64>::new(None).unwrap();
+    let roles: Vec<Arc<str>> = [
+        "offline_access",
+        "uma_authorization",
+        "default-roles-acme",
+        "editor",
+        "viewer",
+    ]
+    .into_iter()
+    .map(Arc::from)
+    .collect();
+    // A populated cache, so lookups are not served from a trivially small table.
+    for i in 0..50_000u64 {
+        let sub = format!("user-{i:08}");
+        store
+            .effective("acme", &sub, &roles[..(i % 6) as usize], |_| i)
+            .now_or_never()
+            .unwrap();
+    }
+    let sub = "f47ac10b-58cc-4372-a567-0e02b2c3d479";
+    for n in [0usize, 2, 5] {
+        store
+            .effective("acme", sub, &roles[..n], |_| 7)
+            .now_or_never()
+            .unwrap();
+        c.bench_function(&format!("grants_hit_{n}_roles"), |b| {
+            b.iter(|| {
+                let v = store
+                    .effective(
+                        std::hint::black_box("acme"),
+                        std::hint::black_box(sub),
+                        std::hint::black_box(&roles[..n]),
+                        |_| unreachable!("hit expected"),
+                    )
+                    .now_or_never()
+                    .unwrap();
+                std::hint::black_box(v)
+            })
+        });
+    }
+}
+
+criterion_group!(benches, hit);
+criterion_main!(benches);

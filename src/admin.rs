@@ -1,0 +1,78 @@
+//! The admin listener: liveness, readiness and metrics on their own port, never on the
+//! proxy port (they must not be reachable by tenants' clients).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::metrics::metrics;
+use crate::state::Shared;
+
+pub struct AdminApp {
+    shared: Arc<Shared>,
+}
+
+impl AdminApp {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Routes one admin request; split out so it is testable without a socket.
+    pub fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed"}),
+            );
+        }
+        match path {
+            "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
+            "/readyz" => {
+                let reasons = self.shared.not_ready_reasons();
+                if reasons.is_empty() {
+                    json_response(StatusCode::OK, json!({"status": "ready"}))
+                } else {
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "not_ready", "reasons": reasons}),
+                    )
+                }
+            }
+            "/metrics" => {
+                self.shared.keys.refresh_age_gauges();
+                let body = metrics().encode();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .unwrap_or_default()
+            }
+            _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    let body = v.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        self.handle(&method, &path)
+    }
+}

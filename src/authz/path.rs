@@ -1,0 +1,666 @@
+//! Request-path canonicalisation: a security boundary.
+//!
+//! Path-confusion bypasses (oauth2-proxy, Istio, Caddy, Keycloak's policy enforcer) all come
+//! from the gateway authorising one reading of a path while the backend acts on another
+//! (`%2F`, `;` parameters, `..`, `//`, `#`/`%23`, query confusion). realmgate decides the exact
+//! path once with [`canonicalize`], authorises that path, and forwards that same path.
+//!
+//! The canonical form of an origin-form request-target `/path?query`:
+//! * Percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every other
+//!   valid escape is kept, with uppercase hex (`%2f` is refused, `%20` stays `%20`).
+//! * Raw characters that RFC 3986 does not allow in a path but that are harmless once encoded
+//!   (`" < > [ ] ^ ` { | }`) are percent-encoded, so raw and encoded spellings converge.
+//! * Refused (HTTP 400, code `invalid_path`): an encoded `/`; raw or encoded `\`; raw or
+//!   encoded NUL/control characters; raw or encoded `;` (path parameters); raw or encoded `#`;
+//!   `.` and `..` segments in any spelling; malformed escapes; raw non-ASCII bytes and spaces;
+//!   a target not starting with `/` (absolute-form, asterisk-form).
+//! * Repeated slashes are merged (`//a///b` -> `/a/b`) or refused, per [`SlashPolicy`]. A
+//!   single trailing slash is kept as sent.
+//! * The query is passed through untouched and never takes part in matching. It is only
+//!   checked for raw `#`, spaces and control characters, which no valid request-target holds.
+//!
+//! The canonical form is idempotent: canonicalising it again returns it unchanged.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// What to do with empty segments (`//`) inside a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlashPolicy {
+    /// `//a///b` becomes `/a/b`; the merged path is both authorised and forwarded, so a backend
+    /// that would treat `//admin` differently from `/admin` never sees the doubled form.
+    #[default]
+    Merge,
+    /// Refuse with 400.
+    Reject,
+}
+
+/// Path handling options (config `paths:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathOptions {
+    pub slashes: SlashPolicy,
+    /// Route matching only (the forwarded path is never rewritten for case); see
+    /// `RouteTable::build` for why `false` is safe only in the stricter direction.
+    pub case_sensitive: bool,
+}
+
+impl Default for PathOptions {
+    fn default() -> Self {
+        PathOptions {
+            slashes: SlashPolicy::Merge,
+            case_sensitive: true,
+        }
+    }
+}
+
+/// Why a request-target was refused. Every variant maps to HTTP 400 with the stable code
+/// `invalid_path`; [`PathError::reason`] is the specific cause for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("request target must be an origin-form path starting with '/'")]
+    NotOriginForm,
+    #[error("encoded '/' (%2F) in path")]
+    EncodedSlash,
+    #[error("backslash in path")]
+    Backslash,
+    #[error("control character in request target")]
+    ControlCharacter,
+    #[error("';' (path parameter) in path")]
+    PathParameter,
+    #[error("'#' (fragment) in request target")]
+    Fragment,
+    #[error("'.' or '..' segment in path")]
+    DotSegment,
+    #[error("malformed percent-escape in path")]
+    InvalidEscape,
+    #[error("raw non-ASCII byte in path")]
+    NonAscii,
+    #[error("raw space in request target")]
+    Space,
+    #[error("repeated '/' in path")]
+    RepeatedSlash,
+}
+
+impl PathError {
+    /// Stable client-facing code, the same for every variant.
+    pub fn code(&self) -> &'static str {
+        "invalid_path"
+    }
+
+    pub fn status(&self) -> u16 {
+        400
+    }
+
+    /// Stable snake_case cause for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PathError::NotOriginForm => "not_origin_form",
+            PathError::EncodedSlash => "encoded_slash",
+            PathError::Backslash => "backslash",
+            PathError::ControlCharacter => "control_character",
+            PathError::PathParameter => "path_parameter",
+            PathError::Fragment => "fragment",
+            PathError::DotSegment => "dot_segment",
+            PathError::InvalidEscape => "invalid_escape",
+            PathError::NonAscii => "non_ascii",
+            PathError::Space => "space",
+            PathError::RepeatedSlash => "repeated_slash",
+        }
+    }
+}
+
+/// The decided path of a request: authorise [`CanonicalPath::path`], forward
+/// [`CanonicalPath::request_target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath<'a> {
+    path: Cow<'a, str>,
+    query: Option<&'a [u8]>,
+    target: &'a [u8],
+}
+
+impl<'a> CanonicalPath<'a> {
+    /// Always starts with `/`; ASCII only.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The raw query after `?`, untouched (`None` when there was no `?`).
+    pub fn query(&self) -> Option<&'a [u8]> {
+        self.query
+    }
+
+    /// The query as text when it is valid UTF-8.
+    pub fn query_str(&self) -> Option<&'a str> {
+        self.query.and_then(|q| std::str::from_utf8(q).ok())
+    }
+
+    /// True when the path differs from what the client sent; the upstream request must then be
+    /// rewritten with [`CanonicalPath::request_target`].
+    pub fn is_rewritten(&self) -> bool {
+        matches!(self.path, Cow::Owned(_))
+    }
+
+    /// `path[?query]` to forward: the client's bytes when nothing changed.
+    pub fn request_target(&self) -> Cow<'a, [u8]> {
+        match (&self.path, self.query) {
+            (Cow::Borrowed(_), _) => Cow::Borrowed(self.target),
+            (Cow::Owned(p), None) => Cow::Owned(p.as_bytes().to_vec()),
+            (Cow::Owned(p), Some(q)) => {
+                let mut v = Vec::with_capacity(p.len() + 1 + q.len());
+                v.extend_from_slice(p.as_bytes());
+                v.push(b'?');
+                v.extend_from_slice(q);
+                Cow::Owned(v)
+            }
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Allowed raw in a canonical path segment besides unreserved: sub-delims without `;`, `:`, `@`.
+fn raw_ok(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+    )
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Refusals shared by raw and decoded bytes.
+fn forbidden(b: u8) -> Option<PathError> {
+    match b {
+        b'\\' => Some(PathError::Backslash),
+        b';' => Some(PathError::PathParameter),
+        b'#' => Some(PathError::Fragment),
+        0x00..=0x1F | 0x7F => Some(PathError::ControlCharacter),
+        _ => None,
+    }
+}
+
+fn push_escaped(out: &mut Option<&mut String>, v: u8) {
+    if let Some(o) = out.as_deref_mut() {
+        o.push('%');
+        o.push(char::from(HEX[usize::from(v >> 4)]));
+        o.push(char::from(HEX[usize::from(v & 0xF)]));
+    }
+}
+
+fn push(out: &mut Option<&mut String>, b: u8) {
+    if let Some(o) = out.as_deref_mut() {
+        o.push(char::from(b));
+    }
+}
+
+/// Validates one non-empty segment, writing its canonical form to `out` when given. Returns
+/// whether the canonical form differs from the input.
+fn segment(seg: &[u8], mut out: Option<&mut String>) -> Result<bool, PathError> {
+    let mut rewrite = false;
+    let mut decoded_len = 0usize;
+    let mut dots = 0usize;
+    let mut i = 0;
+    while i < seg.len() {
+        let b = seg[i];
+        let value = if b == b'%' {
+            let hi = seg.get(i + 1).copied().ok_or(PathError::InvalidEscape)?;
+            let lo = seg.get(i + 2).copied().ok_or(PathError::InvalidEscape)?;
+            let v = match (hex_val(hi), hex_val(lo)) {
+                (Some(h), Some(l)) => (h << 4) | l,
+                _ => return Err(PathError::InvalidEscape),
+            };
+            if v == b'/' {
+                return Err(PathError::EncodedSlash);
+            }
+            if let Some(e) = forbidden(v) {
+                return Err(e);
+            }
+            if unreserved(v) {
+                rewrite = true;
+                push(&mut out, v);
+            } else {
+                if hi.is_ascii_lowercase() || lo.is_ascii_lowercase() {
+                    rewrite = true;
+                }
+                push_escaped(&mut out, v);
+            }
+            i += 3;
+            v
+        } else {
+            if let Some(e) = forbidden(b) {
+                return Err(e);
+            }
+            if unreserved(b) || raw_ok(b) {
+                push(&mut out, b);
+            } else if b == b' ' {
+                return Err(PathError::Space);
+            } else if b >= 0x80 {
+                return Err(PathError::NonAscii);
+            } else {
+                // `" < > [ ] ^ ` { | }`: not legal raw, harmless encoded.
+                rewrite = true;
+                push_escaped(&mut out, b);
+            }
+            i += 1;
+            b
+        };
+        decoded_len += 1;
+        if value == b'.' {
+            dots += 1;
+        }
+    }
+    if decoded_len == dots && decoded_len <= 2 {
+        return Err(PathError::DotSegment);
+    }
+    Ok(rewrite)
+}
+
+/// Walks the path (starting with `/`, no query). Without `out` it stops at the first needed
+/// rewrite (the caller then runs again with `out`, which re-validates everything).
+fn scan(
+    path: &[u8],
+    slashes: SlashPolicy,
+    mut out: Option<&mut String>,
+) -> Result<bool, PathError> {
+    let body = path.get(1..).unwrap_or_default();
+    let mut rewrite = false;
+    let mut segs = body.split(|&b| b == b'/').peekable();
+    while let Some(seg) = segs.next() {
+        let last = segs.peek().is_none();
+        if seg.is_empty() {
+            if last {
+                // Root `/` or a single trailing slash: kept.
+                push(&mut out, b'/');
+                continue;
+            }
+            match slashes {
+                SlashPolicy::Reject => return Err(PathError::RepeatedSlash),
+                SlashPolicy::Merge => {
+                    rewrite = true;
+                    if out.is_none() {
+                        return Ok(true);
+                    }
+                    continue;
+                }
+            }
+        }
+        push(&mut out, b'/');
+        if segment(seg, out.as_deref_mut())? {
+            rewrite = true;
+            if out.is_none() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(rewrite)
+}
+
+fn check_query(q: &[u8]) -> Result<(), PathError> {
+    for &b in q {
+        match b {
+            b'#' => return Err(PathError::Fragment),
+            b' ' => return Err(PathError::Space),
+            0x00..=0x1F | 0x7F => return Err(PathError::ControlCharacter),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Canonicalises a raw origin-form request-target (`/path?query`). Allocates only when the path
+/// has to be rewritten.
+pub fn canonicalize(target: &[u8], slashes: SlashPolicy) -> Result<CanonicalPath<'_>, PathError> {
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
+        None => (target, None),
+    };
+    if path.first() != Some(&b'/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if let Some(q) = query {
+        check_query(q)?;
+    }
+    let path = if scan(path, slashes, None)? {
+        let mut s = String::with_capacity(path.len() + 8);
+        scan(path, slashes, Some(&mut s))?;
+        Cow::Owned(s)
+    } else {
+        // Every byte was checked to be ASCII above.
+        Cow::Borrowed(std::str::from_utf8(path).map_err(|_| PathError::NonAscii)?)
+    };
+    Ok(CanonicalPath {
+        path,
+        query,
+        target,
+    })
+}
+
+/// Route patterns reuse the path rules: a literal pattern segment must be valid in a canonical
+/// path. Returns the segment's decoded bytes (what literal matching compares).
+pub(crate) fn literal_segment(seg: &str) -> Result<Vec<u8>, PathError> {
+    segment(seg.as_bytes(), None)?;
+    Ok(decoded(seg.as_bytes()).collect())
+}
+
+/// The bytes a backend sees after percent-decoding a (canonical) segment. Malformed escapes,
+/// which canonical segments never contain, are passed through as-is.
+pub(crate) fn decoded(seg: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *seg.get(i)?;
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                seg.get(i + 1).copied().and_then(hex_val),
+                seg.get(i + 2).copied().and_then(hex_val),
+            ) {
+                i += 3;
+                return Some((h << 4) | l);
+            }
+        }
+        i += 1;
+        Some(b)
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn canon(s: &str) -> Result<String, PathError> {
+        canonicalize(s.as_bytes(), SlashPolicy::Merge).map(|c| c.path().to_owned())
+    }
+
+    #[test]
+    fn unchanged_paths_are_borrowed() {
+        for s in [
+            "/",
+            "/api/v1/users",
+            "/api/v1/users/",
+            "/a%20b",
+            "/a%C3%A9",
+            "/x:y@z!$&'()*+,=",
+            "/...",
+            "/.well-known/x",
+            "/a..b",
+            "/%25",
+            "/%3F",
+        ] {
+            let c = canonicalize(s.as_bytes(), SlashPolicy::Merge).unwrap();
+            assert_eq!(c.path(), s);
+            assert!(!c.is_rewritten(), "{s}");
+            assert!(matches!(c.request_target(), Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
+    fn rewrites() {
+        let cases = [
+            ("//a///b", "/a/b"),
+            ("//", "/"),
+            ("///", "/"),
+            ("/a//", "/a/"),
+            ("//a//b//", "/a/b/"),
+            ("/%61%62%63", "/abc"),
+            ("/%7e%7E%2d%5F%2E%2e%2Ex", "/~~-_...x"),
+            ("/a%2e", "/a."),
+            ("/a%20b%c3%a9", "/a%20b%C3%A9"),
+            ("/a%3a", "/a%3A"),
+            ("/%7b%7d", "/%7B%7D"),
+            ("/{id}", "/%7Bid%7D"),
+            ("/a|b^c`d\"e<f>g[h]", "/a%7Cb%5Ec%60d%22e%3Cf%3Eg%5Bh%5D"),
+        ];
+        for (input, want) in cases {
+            let c = canonicalize(input.as_bytes(), SlashPolicy::Merge).unwrap();
+            assert_eq!(c.path(), want, "{input}");
+            assert!(c.is_rewritten(), "{input}");
+        }
+    }
+
+    #[test]
+    fn attacks_are_refused() {
+        use PathError::*;
+        let cases: &[(&str, PathError)] = &[
+            ("/api%2Fadmin", EncodedSlash),
+            ("/api%2fadmin", EncodedSlash),
+            ("/a/%2F/b", EncodedSlash),
+            ("/api\\admin", Backslash),
+            ("/api%5cadmin", Backslash),
+            ("/api%5Cadmin", Backslash),
+            ("/a%00", ControlCharacter),
+            ("/a\0", ControlCharacter),
+            ("/a%0d%0aSet-Cookie:x", ControlCharacter),
+            ("/a\tb", ControlCharacter),
+            ("/a%7F", ControlCharacter),
+            ("/a\x7f", ControlCharacter),
+            ("/a%1f", ControlCharacter),
+            ("/admin;x=1", PathParameter),
+            ("/admin;", PathParameter),
+            ("/admin%3B", PathParameter),
+            ("/admin%3bjsessionid=1", PathParameter),
+            ("/admin#x", Fragment),
+            ("/admin%23x", Fragment),
+            ("/public/../admin", DotSegment),
+            ("/public/..", DotSegment),
+            ("/public/.", DotSegment),
+            ("/./admin", DotSegment),
+            ("/%2e%2e/admin", DotSegment),
+            ("/%2E%2E/admin", DotSegment),
+            ("/.%2E/admin", DotSegment),
+            ("/%2e./admin", DotSegment),
+            ("/%2e/admin", DotSegment),
+            ("/a/%2e", DotSegment),
+            ("/a/../", DotSegment),
+            ("/a%", InvalidEscape),
+            ("/a%2", InvalidEscape),
+            ("/a%zz", InvalidEscape),
+            ("/a%g0", InvalidEscape),
+            ("/a%%32F", InvalidEscape),
+            ("/é", NonAscii),
+            ("/a b", Space),
+            ("", NotOriginForm),
+            ("*", NotOriginForm),
+            ("api/x", NotOriginForm),
+            ("http://evil/admin", NotOriginForm),
+            ("?x=/admin", NotOriginForm),
+            ("/a?x=1#frag", Fragment),
+            ("/a?x=1 2", Space),
+            ("/a?x=%00\r\n", ControlCharacter),
+        ];
+        for (input, want) in cases {
+            assert_eq!(canon(input), Err(*want), "{input:?}");
+            assert_eq!(want.code(), "invalid_path");
+            assert_eq!(want.status(), 400);
+        }
+        assert_eq!(
+            canonicalize(&[b'/', 0xC3, 0xA9], SlashPolicy::Merge),
+            Err(NonAscii)
+        );
+        assert_eq!(
+            canonicalize(&[b'/', 0xFF], SlashPolicy::Merge),
+            Err(NonAscii)
+        );
+    }
+
+    #[test]
+    fn double_encoding_stays_encoded_once() {
+        // `%252F` is the text "%2F" for a backend that decodes once; it must not become '/'.
+        assert_eq!(canon("/a%252Fb").unwrap(), "/a%252Fb");
+        assert_eq!(canon("/%252e%252e/x").unwrap(), "/%252e%252e/x");
+    }
+
+    #[test]
+    fn reject_policy_refuses_repeated_slashes() {
+        for s in ["//a", "/a//b", "/a//", "//"] {
+            assert_eq!(
+                canonicalize(s.as_bytes(), SlashPolicy::Reject),
+                Err(PathError::RepeatedSlash),
+                "{s}"
+            );
+        }
+        for s in ["/", "/a/", "/a/b"] {
+            assert!(
+                canonicalize(s.as_bytes(), SlashPolicy::Reject).is_ok(),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_is_untouched_and_never_routed() {
+        let t = b"//a/%7e?redirect=/../admin&x=%2F;y";
+        let c = canonicalize(t, SlashPolicy::Merge).unwrap();
+        assert_eq!(c.path(), "/a/~");
+        assert_eq!(c.query(), Some(&b"redirect=/../admin&x=%2F;y"[..]));
+        assert_eq!(c.query_str(), Some("redirect=/../admin&x=%2F;y"));
+        assert_eq!(&*c.request_target(), b"/a/~?redirect=/../admin&x=%2F;y");
+        let c = canonicalize(b"/a?", SlashPolicy::Merge).unwrap();
+        assert_eq!(c.query(), Some(&b""[..]));
+        let c = canonicalize(b"/a?q=\xff", SlashPolicy::Merge).unwrap();
+        assert_eq!(c.query_str(), None);
+        let c = canonicalize(b"/a%7e", SlashPolicy::Merge).unwrap();
+        assert_eq!(&*c.request_target(), b"/a~");
+    }
+
+    #[test]
+    fn reasons_are_snake_case_and_distinct() {
+        use PathError::*;
+        let all = [
+            NotOriginForm,
+            EncodedSlash,
+            Backslash,
+            ControlCharacter,
+            PathParameter,
+            Fragment,
+            DotSegment,
+            InvalidEscape,
+            NonAscii,
+            Space,
+            RepeatedSlash,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for e in all {
+            let r = e.reason();
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
+            assert!(seen.insert(r), "duplicate {r}");
+        }
+    }
+
+    #[test]
+    fn literal_segments_decode() {
+        assert_eq!(literal_segment("items:batch").unwrap(), b"items:batch");
+        assert_eq!(literal_segment("a%3Ab").unwrap(), b"a:b");
+        assert_eq!(literal_segment("..").unwrap_err(), PathError::DotSegment);
+        assert_eq!(
+            literal_segment("a%2Fb").unwrap_err(),
+            PathError::EncodedSlash
+        );
+        assert_eq!(decoded(b"%4").collect::<Vec<_>>(), b"%4");
+    }
+
+    /// Path-ish inputs dense in the tricky pieces.
+    fn tricky() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"/".to_vec()),
+            Just(b"//".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b"%2e".to_vec()),
+            Just(b"%2E".to_vec()),
+            Just(b"%2f".to_vec()),
+            Just(b"%5c".to_vec()),
+            Just(b"%3b".to_vec()),
+            Just(b"%23".to_vec()),
+            Just(b"%25".to_vec()),
+            Just(b"%".to_vec()),
+            Just(b"%7e".to_vec()),
+            Just(b"%41".to_vec()),
+            Just(b"%c3%a9".to_vec()),
+            Just(b";".to_vec()),
+            Just(b"\\".to_vec()),
+            Just(b"?".to_vec()),
+            Just(b"{".to_vec()),
+            Just(b"a".to_vec()),
+            Just(b"Z9".to_vec()),
+            Just(b"~".to_vec()),
+            Just(b":".to_vec()),
+            Just(b"2".to_vec()),
+            Just(b"e".to_vec()),
+            Just(b"F".to_vec()),
+            any::<u8>().prop_map(|b| vec![b]),
+        ];
+        proptest::collection::vec(piece, 0..16).prop_map(|v| {
+            let mut out = vec![b'/'];
+            out.extend(v.concat());
+            out
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn canonical_form_is_idempotent(input in tricky(), reject in any::<bool>()) {
+            let policy = if reject { SlashPolicy::Reject } else { SlashPolicy::Merge };
+            if let Ok(c) = canonicalize(&input, policy) {
+                let again = canonicalize(c.path().as_bytes(), policy).unwrap();
+                prop_assert_eq!(again.path(), c.path());
+                prop_assert!(!again.is_rewritten());
+            }
+        }
+
+        #[test]
+        fn canonical_form_is_safe(input in tricky()) {
+            if let Ok(c) = canonicalize(&input, SlashPolicy::Merge) {
+                let p = c.path();
+                let upper = p.to_ascii_uppercase();
+                prop_assert!(p.starts_with('/'));
+                prop_assert!(p.is_ascii());
+                for bad in ["/../", "/./", "//", ";", "\\", "#", "?", " "] {
+                    prop_assert!(!p.contains(bad), "{:?} contains {:?}", p, bad);
+                }
+                for bad in ["%2F", "%5C", "%3B", "%23", "%2E", "%00"] {
+                    prop_assert!(!upper.contains(bad), "{:?} contains {:?}", p, bad);
+                }
+                prop_assert!(!p.ends_with("/..") && !p.ends_with("/."));
+                // Every escape is well-formed, uppercase, and not of an unreserved char.
+                let b = p.as_bytes();
+                for (i, _) in p.match_indices('%') {
+                    let h = &b[i + 1..i + 3];
+                    prop_assert!(h.iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c)));
+                    let v = u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap();
+                    prop_assert!(!unreserved(v));
+                }
+                // No segment decodes to a dot segment.
+                for seg in p.split('/') {
+                    let d: Vec<u8> = decoded(seg.as_bytes()).collect();
+                    prop_assert!(d != b"." && d != b"..");
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = canonicalize(&input, SlashPolicy::Merge);
+            let _ = canonicalize(&input, SlashPolicy::Reject);
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The user-facing YAML schema.
+//!
+//! These types are the stable contract with operators: every field is documented in README,
+//! unknown fields are errors (typos must not silently change security behaviour), and
+//! defaults live here. Nothing on the request path reads these types; [`super::compile`]
+//! turns them into the validated runtime form.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+fn d(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Listen,
+    #[serde(default)]
+    pub server: ServerSection,
+    pub upstream: UpstreamSection,
+    pub keycloak: KeycloakSection,
+    #[serde(default)]
+    pub tenants: Vec<TenantSection>,
+    #[serde(default)]
+    pub host_patterns: Vec<HostPatternSection>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub default_policy: DefaultPolicySection,
+    #[serde(default)]
+    pub paths: PathsSection,
+    #[serde(default)]
+    pub authz: AuthzSection,
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
+    #[serde(default)]
+    pub headers: HeadersSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["own".into(), "team".into(), "tenant".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub proxy: String,
+    pub admin: String,
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// How long SIGTERM waits before it stops accepting (lets load balancers drain us).
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How long in-flight requests get to finish after the grace period.
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Duration,
+    /// Unix socket for Pingora's zero-downtime binary upgrade.
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    /// Reload the config when the file changes (SIGHUP always reloads).
+    pub watch_config: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period: d(5),
+            graceful_shutdown_timeout: d(10),
+            upgrade_sock: "/tmp/realmgate_upgrade.sock".into(),
+            pid_file: "/tmp/realmgate.pid".into(),
+            watch_config: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// `host:port` of the backend used by tenants without their own upstream.
+    pub default: String,
+    #[serde(default = "dur_2s", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "dur_60s", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(default = "dur_60s", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(default = "dur_60s", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Speak TLS to upstreams.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI / verified name for upstream TLS (default: the upstream host).
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+fn dur_2s() -> Duration {
+    d(2)
+}
+fn dur_60s() -> Duration {
+    d(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeycloakSection {
+    /// Keycloak base URL; a realm's issuer is `{base_url}/realms/{realm}`.
+    pub base_url: String,
+    /// Accepted audiences: a token's `aud` or `azp` must contain one.
+    pub audiences: Vec<String>,
+    /// Clients whose `resource_access.{client}.roles` count as roles (default: `audiences`).
+    #[serde(default)]
+    pub client_roles: Option<Vec<String>>,
+    #[serde(default = "dur_30s", with = "humantime_serde")]
+    pub leeway: Duration,
+    #[serde(default = "default_algs")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "dur_5m", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    #[serde(default = "dur_10s", with = "humantime_serde")]
+    pub jwks_min_refetch_interval: Duration,
+    #[serde(default = "dur_24h", with = "humantime_serde")]
+    pub jwks_max_stale: Duration,
+    #[serde(default = "dur_5s", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// How long a request waits for a lazy realm load or an unknown-kid refetch.
+    #[serde(default = "dur_2s", with = "humantime_serde")]
+    pub refetch_wait: Duration,
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: usize,
+    /// Also accept the access token from this cookie.
+    #[serde(default)]
+    pub token_cookie: Option<String>,
+    /// A claim carrying `resource.action.scope` permissions.
+    #[serde(default)]
+    pub permissions_claim: Option<String>,
+    /// Remove `Authorization` before forwarding (legacy backends still read it).
+    #[serde(default)]
+    pub strip_authorization: bool,
+    #[serde(default = "default_token_cache")]
+    pub token_cache_size: usize,
+    #[serde(default)]
+    pub dynamic_realms: DynamicRealmsSection,
+    /// `/readyz` waits until every statically configured realm has keys.
+    #[serde(default = "yes")]
+    pub require_keys_for_ready: bool,
+    /// Per-realm overrides for non-Keycloak IdPs and air-gapped setups.
+    #[serde(default)]
+    pub realms: BTreeMap<String, RealmOverrideSection>,
+}
+
+fn dur_30s() -> Duration {
+    d(30)
+}
+fn dur_5m() -> Duration {
+    d(300)
+}
+fn dur_10s() -> Duration {
+    d(10)
+}
+fn dur_24h() -> Duration {
+    d(86_400)
+}
+fn dur_5s() -> Duration {
+    d(5)
+}
+fn default_algs() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_max_token() -> usize {
+    16 * 1024
+}
+fn default_token_cache() -> usize {
+    100_000
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamicRealmsSection {
+    /// Most dynamic (host-pattern) realms held at once (LRU beyond).
+    pub max: usize,
+    /// How long a realm the IdP does not know stays refused without asking again.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for DynamicRealmsSection {
+    fn default() -> Self {
+        Self {
+            max: 1000,
+            negative_ttl: d(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RealmOverrideSection {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusSection {
+    #[default]
+    Active,
+    Suspended,
+    Pending,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    pub id: String,
+    pub realm: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub status: StatusSection,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Routes checked before the global list for this tenant.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    /// Role grants added to the global ones for this tenant.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Role grants that replace the global ones for this tenant.
+    #[serde(default)]
+    pub role_overrides: BTreeMap<String, Vec<String>>,
+    /// `false` = shadow mode: decisions are logged and counted, not enforced.
+    #[serde(default = "yes")]
+    pub enforce: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPatternSection {
+    /// `{tenant}.suffix`, where `{tenant}` is exactly one DNS label.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// A regex with a named group `tenant` (anchored for you).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Realm template, e.g. `tenant-{tenant}`.
+    pub realm: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchSection {
+    #[default]
+    Any,
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub path: String,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub authenticated: bool,
+    #[serde(default)]
+    pub permission: Option<String>,
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    #[serde(default, rename = "match")]
+    pub match_mode: MatchSection,
+    /// `false` = shadow mode for this route.
+    #[serde(default)]
+    pub enforce: Option<bool>,
+    /// Accept `?access_token=` on this route (off by default: tokens in URLs leak to logs).
+    #[serde(default)]
+    pub allow_query_token: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicySection {
+    #[default]
+    Deny,
+    Authenticated,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SlashesSection {
+    #[default]
+    Merge,
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsSection {
+    pub slashes: SlashesSection,
+    pub case_sensitive: bool,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        Self {
+            slashes: SlashesSection::Merge,
+            case_sensitive: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzSection {
+    /// Include the missing permission in 403 bodies.
+    pub expose_required: bool,
+}
+
+impl Default for AuthzSection {
+    fn default() -> Self {
+        Self {
+            expose_required: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: String,
+    #[serde(default = "dur_100ms", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    #[serde(default = "dur_60s", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(default = "default_token_cache")]
+    pub cache_size: usize,
+    #[serde(default = "dur_5s", with = "humantime_serde")]
+    pub degraded_ttl: Duration,
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Optional hash of run-time tenants (`id` -> tenant JSON).
+    #[serde(default)]
+    pub tenants_key: Option<String>,
+}
+
+fn dur_100ms() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_channel() -> String {
+    "realmgate:invalidate".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersSection {
+    pub tenant: String,
+    pub realm: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub user_email: String,
+    pub roles: String,
+    pub scope: String,
+    pub request_id: String,
+    /// Every client header starting with one of these is removed.
+    pub strip_prefixes: Vec<String>,
+    /// More client headers to remove.
+    pub strip: Vec<String>,
+    /// Verified claim -> upstream header.
+    pub claims: BTreeMap<String, String>,
+    pub max_value_len: usize,
+    /// Peers whose X-Forwarded-*/Forwarded headers are kept (CIDR or IP).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for HeadersSection {
+    fn default() -> Self {
+        Self {
+            tenant: "X-Tenant-ID".into(),
+            realm: "X-Realm".into(),
+            user_id: "X-User-ID".into(),
+            user_name: "X-User-Name".into(),
+            user_email: "X-User-Email".into(),
+            roles: "X-User-Roles".into(),
+            scope: "X-Auth-Scope".into(),
+            request_id: "X-Request-ID".into(),
+            strip_prefixes: vec!["X-Auth-".into(), "X-User-".into()],
+            strip: Vec::new(),
+            claims: BTreeMap::new(),
+            max_value_len: 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatSection {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    pub format: LogFormatSection,
+    /// Default filter when `RUST_LOG` is unset.
+    pub level: String,
+    pub access_log: bool,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormatSection::Text,
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Distinct tenants with their own `tenant` label; the rest count as `other`.
+    pub tenant_label_cap: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            tenant_label_cap: 100,
+        }
+    }
+}

@@ -1,0 +1,715 @@
+//! The validated, compiled configuration the request path reads.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::raw::{self, RawConfig};
+use super::ConfigError;
+use crate::authz::{
+    Catalog, DefaultPolicy, MatchMode, RoleMap, RoleSource, RouteRule, RouteSpec, RouteTable,
+    Scopes, SlashPolicy,
+};
+use crate::grants::GrantSettings;
+use crate::headers::{HeaderNames, HeaderPolicy};
+use crate::jwks::{Alg, JwksSettings, RealmOverride};
+use crate::tenant::{HostPatternDef, Tenant, TenantDef, TenantSource, TenantStatus, TenantTable};
+use crate::verify::VerifySettings;
+
+/// Where and how to reach one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// As written in the config (`host:port`), for logs.
+    pub name: String,
+    /// Resolved once at load: the request path never does DNS.
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+/// The validated configuration. Built once per load/reload and shared through `ArcSwap`.
+pub struct RuntimeConfig {
+    /// The schema as loaded (summaries, diffs on reload).
+    pub raw: RawConfig,
+    pub source: Option<PathBuf>,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub default_upstream: UpstreamTarget,
+    pub timeouts: UpstreamTimeouts,
+    pub headers: HeaderPolicy,
+    pub tenants: TenantTable,
+    /// Upstream of each static tenant (by config index) and host pattern (by index); `None`
+    /// means the default upstream.
+    tenant_upstreams: Vec<Option<UpstreamTarget>>,
+    pattern_upstreams: Vec<Option<UpstreamTarget>>,
+    /// Interned resources/actions/scopes; permission ids only mean something with it.
+    pub catalog: Catalog,
+    pub roles: RoleMap,
+    /// Per static tenant (by config index): its overlaid role map, if it has overlays.
+    tenant_roles: Vec<Option<RoleMap>>,
+    pub routes: RouteTable,
+    /// Per static tenant: its own rules, checked before the global ones.
+    tenant_routes: Vec<Option<RouteTable>>,
+    /// Per static tenant: `false` = shadow mode.
+    tenant_enforce: Vec<bool>,
+    pub default_policy: DefaultPolicy,
+    pub slashes: SlashPolicy,
+    pub jwks: JwksSettings,
+    pub verify: VerifySettings,
+    pub grants: Option<GrantSettings>,
+    /// Realms of statically configured tenants (preloaded; readiness waits for them).
+    pub static_realms: Vec<String>,
+}
+
+impl RuntimeConfig {
+    /// Where a tenant's requests go.
+    pub fn upstream_for(&self, tenant: &Tenant) -> &UpstreamTarget {
+        let specific = match tenant.source {
+            TenantSource::Static { index } => self.tenant_upstreams.get(index),
+            TenantSource::Pattern { index } => self.pattern_upstreams.get(index),
+        };
+        specific
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.default_upstream)
+    }
+
+    fn static_index(tenant: &Tenant) -> Option<usize> {
+        match tenant.source {
+            TenantSource::Static { index } => Some(index),
+            TenantSource::Pattern { .. } => None,
+        }
+    }
+
+    /// The tenant's own route table, consulted before the global one.
+    pub fn tenant_routes(&self, tenant: &Tenant) -> Option<&RouteTable> {
+        Self::static_index(tenant).and_then(|i| self.tenant_routes.get(i)?.as_ref())
+    }
+
+    /// The role map that applies to a tenant (global, or its overlay).
+    pub fn roles_for(&self, tenant: &Tenant) -> &RoleMap {
+        Self::static_index(tenant)
+            .and_then(|i| self.tenant_roles.get(i)?.as_ref())
+            .unwrap_or(&self.roles)
+    }
+
+    /// Whether decisions are enforced for this tenant and rule (shadow mode otherwise).
+    pub fn enforce(&self, tenant: &Tenant, rule: Option<&RouteRule>) -> bool {
+        if let Some(e) = rule.and_then(RouteRule::enforce) {
+            return e;
+        }
+        Self::static_index(tenant)
+            .and_then(|i| self.tenant_enforce.get(i).copied())
+            .unwrap_or(true)
+    }
+
+    /// One paragraph for `realmgate check` and the startup log.
+    pub fn summary(&self) -> String {
+        let raw = &self.raw;
+        let mut realms: Vec<&str> = raw.tenants.iter().map(|t| t.realm.as_str()).collect();
+        realms.sort_unstable();
+        realms.dedup();
+        let hosts: usize = raw.tenants.iter().map(|t| t.hosts.len()).sum();
+        let tenant_routes: usize = raw.tenants.iter().map(|t| t.routes.len()).sum();
+        let mut out = format!(
+            "configuration OK{}\n  listen: proxy {} admin {}\n  tenants: {} ({} suspended/disabled/pending)\n  realms: {} static{}\n  hosts: {} exact, {} patterns\n  routes: {} global, {} tenant-specific; default policy {:?}\n  roles: {}; scopes: {}\n  upstream: {}\n  redis: {}",
+            self.source.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default(),
+            self.proxy_addr,
+            self.admin_addr,
+            raw.tenants.len(),
+            raw.tenants.iter().filter(|t| t.status != raw::StatusSection::Active).count(),
+            realms.len(),
+            if raw.host_patterns.is_empty() { String::new() } else { ", plus dynamic realms from host patterns".to_string() },
+            hosts,
+            raw.host_patterns.len(),
+            raw.routes.len(),
+            tenant_routes,
+            raw.default_policy,
+            raw.roles.len(),
+            raw.scopes.join(" < "),
+            self.default_upstream.name,
+            raw.redis.as_ref().map(|r| r.url.as_str()).unwrap_or("not configured"),
+        );
+        for t in &raw.tenants {
+            out.push_str(&format!(
+                "\n    - {} (realm {}, {:?}): {}",
+                t.id,
+                t.realm,
+                t.status,
+                t.hosts.join(", ")
+            ));
+        }
+        for p in &raw.host_patterns {
+            out.push_str(&format!(
+                "\n    - pattern {} -> realm {}",
+                p.pattern.as_deref().or(p.regex.as_deref()).unwrap_or("?"),
+                p.realm
+            ));
+        }
+        out
+    }
+}
+
+/// Collects errors with their field paths.
+#[derive(Default)]
+pub(crate) struct Errors(pub Vec<String>);
+
+impl Errors {
+    pub fn push(&mut self, path: impl std::fmt::Display, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+}
+
+pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("\"{s}\" is not an ip:port address"))
+}
+
+/// Resolves `host:port` once at load time.
+pub(crate) fn resolve_upstream(
+    s: &str,
+    tls: bool,
+    sni: Option<&str>,
+) -> Result<UpstreamTarget, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{s}\" must be host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!(
+            "\"{s}\" must be host:port with a port in 1..=65535"
+        ));
+    }
+    let addr = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{s}\": {e}"))?
+        .next()
+        .ok_or_else(|| format!("\"{s}\" resolves to no address"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(UpstreamTarget {
+        name: s.to_string(),
+        addr,
+        tls,
+        sni: sni.unwrap_or(host).to_string(),
+    })
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("\"{s}\" is not an IP address or CIDR range"))
+}
+
+impl RuntimeConfig {
+    /// Validates every field (collecting all problems) and compiles the lookup structures.
+    pub fn compile(raw: RawConfig, source: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let mut e = Errors::default();
+
+        let proxy_addr = parse_socket_addr(&raw.listen.proxy)
+            .map_err(|m| e.push("listen.proxy", m))
+            .ok();
+        let admin_addr = parse_socket_addr(&raw.listen.admin)
+            .map_err(|m| e.push("listen.admin", m))
+            .ok();
+        if proxy_addr.is_some() && proxy_addr == admin_addr {
+            e.push("listen.admin", "must differ from listen.proxy");
+        }
+        if raw.listen.tls.is_some() {
+            e.push("listen.tls", "TLS termination is not supported by this build yet; terminate TLS in front of realmgate");
+        }
+        if raw.server.threads == 0 {
+            e.push("server.threads", "must be at least 1");
+        }
+
+        let up = &raw.upstream;
+        let default_upstream = resolve_upstream(&up.default, up.tls, up.sni.as_deref())
+            .map_err(|m| e.push("upstream.default", m))
+            .ok();
+        for (name, v) in [
+            ("upstream.connect_timeout", up.connect_timeout),
+            ("upstream.read_timeout", up.read_timeout),
+            ("upstream.write_timeout", up.write_timeout),
+        ] {
+            if v.is_zero() {
+                e.push(name, "must be greater than zero");
+            }
+        }
+
+        validate_keycloak(&raw.keycloak, &mut e);
+
+        let h = &raw.headers;
+        let trusted: Vec<IpNet> = h
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                parse_cidr(s)
+                    .map_err(|m| e.push(format!("headers.trusted_proxies[{i}]"), m))
+                    .ok()
+            })
+            .collect();
+        for (i, p) in h.strip_prefixes.iter().enumerate() {
+            if p.len() < 3 {
+                e.push(
+                    format!("headers.strip_prefixes[{i}]"),
+                    format!("\"{p}\" is too short to be a safe prefix (it would strip unrelated headers)"),
+                );
+            }
+        }
+        if h.max_value_len < 16 {
+            e.push("headers.max_value_len", "must be at least 16");
+        }
+        let headers = HeaderPolicy::new(HeaderNames {
+            tenant: &h.tenant,
+            realm: &h.realm,
+            user_id: &h.user_id,
+            user_name: &h.user_name,
+            user_email: &h.user_email,
+            roles: &h.roles,
+            scope: &h.scope,
+            request_id: &h.request_id,
+            strip: &h.strip,
+            strip_prefixes: &h.strip_prefixes,
+            claims: h
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            max_value_len: h.max_value_len,
+            trusted_proxies: trusted,
+        })
+        .map_err(|m| e.push("headers", m))
+        .ok();
+
+        if let Some(r) = &raw.redis {
+            if !(r.url.starts_with("redis://")
+                || r.url.starts_with("rediss://")
+                || r.url.starts_with("unix://"))
+            {
+                e.push(
+                    "redis.url",
+                    format!(
+                        "\"{}\" must start with redis://, rediss:// or unix://",
+                        r.url
+                    ),
+                );
+            }
+            if r.command_timeout.is_zero() {
+                e.push("redis.command_timeout", "must be greater than zero");
+            }
+            if r.channel.is_empty() {
+                e.push("redis.channel", "must not be empty");
+            }
+        }
+
+        let mut tenant_upstreams = Vec::with_capacity(raw.tenants.len());
+        let mut defs = Vec::with_capacity(raw.tenants.len());
+        for (i, t) in raw.tenants.iter().enumerate() {
+            tenant_upstreams.push(t.upstream.as_deref().and_then(|u| {
+                resolve_upstream(u, up.tls, up.sni.as_deref())
+                    .map_err(|m| e.push(format!("tenants[{i}].upstream"), m))
+                    .ok()
+            }));
+            defs.push(TenantDef {
+                id: t.id.clone(),
+                realm: t.realm.clone(),
+                hosts: t.hosts.clone(),
+                status: match t.status {
+                    raw::StatusSection::Active => TenantStatus::Active,
+                    raw::StatusSection::Suspended => TenantStatus::Suspended,
+                    raw::StatusSection::Pending => TenantStatus::Pending,
+                    raw::StatusSection::Disabled => TenantStatus::Disabled,
+                },
+                upstream: t.upstream.clone(),
+            });
+        }
+        let mut pattern_upstreams = Vec::with_capacity(raw.host_patterns.len());
+        let mut patterns = Vec::with_capacity(raw.host_patterns.len());
+        for (i, p) in raw.host_patterns.iter().enumerate() {
+            pattern_upstreams.push(p.upstream.as_deref().and_then(|u| {
+                resolve_upstream(u, up.tls, up.sni.as_deref())
+                    .map_err(|m| e.push(format!("host_patterns[{i}].upstream"), m))
+                    .ok()
+            }));
+            match (&p.pattern, &p.regex) {
+                (Some(pattern), None) => patterns.push(HostPatternDef::Wildcard {
+                    pattern: pattern.clone(),
+                    realm: p.realm.clone(),
+                    upstream: p.upstream.clone(),
+                }),
+                (None, Some(regex)) => patterns.push(HostPatternDef::Regex {
+                    regex: regex.clone(),
+                    realm: p.realm.clone(),
+                    upstream: p.upstream.clone(),
+                }),
+                _ => e.push(
+                    format!("host_patterns[{i}]"),
+                    "set exactly one of pattern or regex",
+                ),
+            }
+        }
+        let tenants = if patterns.len() == raw.host_patterns.len() {
+            TenantTable::build(defs, patterns, raw.keycloak.dynamic_realms.max.max(1000))
+                .map_err(|errs| {
+                    for b in errs {
+                        e.0.push(b.to_string());
+                    }
+                })
+                .ok()
+        } else {
+            None
+        };
+
+        let authz = compile_authz(&raw, &mut e);
+        let (jwks, verify) = jwt_settings(&raw, &mut e);
+        let grants = raw.redis.as_ref().map(|r| GrantSettings {
+            url: r.url.clone(),
+            command_timeout: r.command_timeout,
+            cache_ttl: r.cache_ttl,
+            cache_capacity: r.cache_size,
+            degraded_ttl: r.degraded_ttl,
+            channel: r.channel.clone(),
+            key_prefix: r.key_prefix.clone(),
+            ..GrantSettings::default()
+        });
+        let mut static_realms: Vec<String> = raw.tenants.iter().map(|t| t.realm.clone()).collect();
+        static_realms.sort();
+        static_realms.dedup();
+
+        match (
+            proxy_addr,
+            admin_addr,
+            default_upstream,
+            headers,
+            tenants,
+            authz,
+        ) {
+            (
+                Some(proxy_addr),
+                Some(admin_addr),
+                Some(default_upstream),
+                Some(headers),
+                Some(tenants),
+                Some(authz),
+            ) if e.0.is_empty() => {
+                let Authz {
+                    catalog,
+                    roles,
+                    tenant_roles,
+                    routes,
+                    tenant_routes,
+                } = authz;
+                let timeouts = UpstreamTimeouts {
+                    connect: up.connect_timeout,
+                    read: up.read_timeout,
+                    write: up.write_timeout,
+                    idle: up.idle_timeout,
+                };
+                Ok(Self {
+                    proxy_addr,
+                    admin_addr,
+                    default_upstream,
+                    timeouts,
+                    headers,
+                    tenants,
+                    tenant_upstreams,
+                    pattern_upstreams,
+                    catalog,
+                    roles,
+                    tenant_roles,
+                    routes,
+                    tenant_routes,
+                    tenant_enforce: raw.tenants.iter().map(|t| t.enforce).collect(),
+                    default_policy: match raw.default_policy {
+                        raw::DefaultPolicySection::Deny => DefaultPolicy::Deny,
+                        raw::DefaultPolicySection::Authenticated => DefaultPolicy::Authenticated,
+                        raw::DefaultPolicySection::Allow => DefaultPolicy::Allow,
+                    },
+                    slashes: match raw.paths.slashes {
+                        raw::SlashesSection::Merge => SlashPolicy::Merge,
+                        raw::SlashesSection::Reject => SlashPolicy::Reject,
+                    },
+                    jwks,
+                    verify,
+                    grants,
+                    static_realms,
+                    raw,
+                    source,
+                })
+            }
+            _ => Err(ConfigError { errors: e.0 }),
+        }
+    }
+}
+
+struct Authz {
+    catalog: Catalog,
+    roles: RoleMap,
+    tenant_roles: Vec<Option<RoleMap>>,
+    routes: RouteTable,
+    tenant_routes: Vec<Option<RouteTable>>,
+}
+
+fn route_spec(r: &raw::RouteSection) -> RouteSpec<'_> {
+    RouteSpec {
+        path: &r.path,
+        methods: r.methods.as_deref(),
+        public: r.public,
+        authenticated: r.authenticated,
+        permission: r.permission.as_deref(),
+        permissions: r.permissions.as_deref(),
+        match_mode: match r.match_mode {
+            raw::MatchSection::Any => MatchMode::Any,
+            raw::MatchSection::All => MatchMode::All,
+        },
+        enforce: r.enforce,
+        allow_query_token: r.allow_query_token,
+    }
+}
+
+/// Compiles scopes, roles and routes (global and per tenant) into one catalog.
+fn compile_authz(raw: &RawConfig, e: &mut Errors) -> Option<Authz> {
+    let push_all = |e: &mut Errors, errs: Vec<crate::authz::BuildError>| {
+        for b in errs {
+            e.0.push(b.to_string());
+        }
+    };
+    let scopes = match Scopes::new(&raw.scopes) {
+        Ok(s) => s,
+        Err(errs) => {
+            push_all(e, errs);
+            return None;
+        }
+    };
+    let mut catalog = Catalog::new(scopes);
+    let roles = RoleMap::build(
+        &mut catalog,
+        RoleSource {
+            path: "roles",
+            roles: &raw.roles,
+        },
+    )
+    .map_err(|errs| push_all(e, errs))
+    .ok();
+    let cs = raw.paths.case_sensitive;
+    let routes = RouteTable::build(
+        &mut catalog,
+        raw.routes.iter().map(route_spec),
+        "routes",
+        cs,
+    )
+    .map_err(|errs| push_all(e, errs))
+    .ok();
+    let mut tenant_routes = Vec::with_capacity(raw.tenants.len());
+    let mut tenant_roles = Vec::with_capacity(raw.tenants.len());
+    for (i, t) in raw.tenants.iter().enumerate() {
+        tenant_routes.push(if t.routes.is_empty() {
+            None
+        } else {
+            RouteTable::build(
+                &mut catalog,
+                t.routes.iter().map(route_spec),
+                &format!("tenants[{i}].routes"),
+                cs,
+            )
+            .map_err(|errs| push_all(e, errs))
+            .ok()
+        });
+        let overlay = match &roles {
+            Some(global) if !(t.roles.is_empty() && t.role_overrides.is_empty()) => global
+                .overlay(
+                    &mut catalog,
+                    RoleSource {
+                        path: &format!("tenants[{i}].roles"),
+                        roles: &t.roles,
+                    },
+                    RoleSource {
+                        path: &format!("tenants[{i}].role_overrides"),
+                        roles: &t.role_overrides,
+                    },
+                )
+                .map_err(|errs| push_all(e, errs))
+                .ok(),
+            _ => None,
+        };
+        tenant_roles.push(overlay);
+    }
+    Some(Authz {
+        catalog,
+        roles: roles?,
+        tenant_roles,
+        routes: routes?,
+        tenant_routes,
+    })
+}
+
+fn parse_algs(algs: &[String]) -> Vec<Alg> {
+    algs.iter().filter_map(|a| Alg::from_name(a)).collect()
+}
+
+/// JWKS and token-verification settings from the `keycloak` section.
+fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySettings) {
+    let k = &raw.keycloak;
+    let mut overrides = std::collections::HashMap::new();
+    for (realm, o) in &k.realms {
+        if !crate::jwks::valid_realm_name(realm) {
+            e.push(
+                format!("keycloak.realms.{realm}"),
+                "is not a valid realm name",
+            );
+        }
+        overrides.insert(
+            realm.clone(),
+            RealmOverride {
+                issuer: o.issuer.clone(),
+                jwks_uri: o.jwks_uri.clone(),
+                jwks_file: o.jwks_file.as_ref().map(PathBuf::from),
+                algorithms: o.algorithms.as_deref().map(parse_algs),
+            },
+        );
+    }
+    let jwks = JwksSettings {
+        base_url: k.base_url.trim_end_matches('/').to_string(),
+        algorithms: parse_algs(&k.algorithms),
+        refresh: k.jwks_refresh,
+        min_refetch_interval: k.jwks_min_refetch_interval,
+        max_stale: k.jwks_max_stale,
+        fetch_timeout: k.fetch_timeout,
+        refetch_wait: k.refetch_wait,
+        load_wait: k.refetch_wait.max(Duration::from_secs(1)),
+        negative_ttl: k.dynamic_realms.negative_ttl,
+        max_dynamic_realms: k.dynamic_realms.max,
+        realm_overrides: overrides,
+        ..JwksSettings::default()
+    };
+    let verify = VerifySettings {
+        audiences: k.audiences.clone(),
+        leeway: k.leeway,
+        max_token_bytes: k.max_token_bytes,
+        cookie_name: k.token_cookie.clone(),
+        allow_query_token: false,
+        client_role_clients: k
+            .client_roles
+            .clone()
+            .unwrap_or_else(|| k.audiences.clone()),
+        permissions_claim: k.permissions_claim.clone(),
+        claim_headers: raw
+            .headers
+            .claims
+            .iter()
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect(),
+        max_header_value_len: raw.headers.max_value_len,
+        token_cache_capacity: k.token_cache_size,
+    };
+    (jwks, verify)
+}
+
+const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn validate_algorithms(path: &str, algs: &[String], e: &mut Errors) {
+    if algs.is_empty() {
+        e.push(path, "must list at least one algorithm");
+    }
+    for (i, a) in algs.iter().enumerate() {
+        if !ALGORITHMS.contains(&a.as_str()) {
+            e.push(
+                format!("{path}[{i}]"),
+                format!(
+                    "\"{a}\" is not an allowed algorithm (one of {})",
+                    ALGORITHMS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn validate_url(path: &str, s: &str, e: &mut Errors) {
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.split_once("://")
+            .map(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
+            .unwrap_or(false)
+        && !s.contains(char::is_whitespace);
+    if !ok {
+        e.push(path, format!("\"{s}\" is not an http(s) URL"));
+    }
+}
+
+fn validate_keycloak(k: &raw::KeycloakSection, e: &mut Errors) {
+    validate_url("keycloak.base_url", &k.base_url, e);
+    if k.audiences.is_empty() {
+        e.push(
+            "keycloak.audiences",
+            "must list at least one audience (a token's aud or azp must contain one)",
+        );
+    }
+    for (i, a) in k.audiences.iter().enumerate() {
+        if a.trim().is_empty() {
+            e.push(format!("keycloak.audiences[{i}]"), "must not be empty");
+        }
+    }
+    validate_algorithms("keycloak.algorithms", &k.algorithms, e);
+    if k.max_token_bytes < 512 || k.max_token_bytes > 1024 * 1024 {
+        e.push(
+            "keycloak.max_token_bytes",
+            "must be between 512 and 1048576",
+        );
+    }
+    if k.jwks_min_refetch_interval.is_zero() {
+        e.push(
+            "keycloak.jwks_min_refetch_interval",
+            "must be greater than zero",
+        );
+    }
+    if k.jwks_refresh < Duration::from_secs(1) {
+        e.push("keycloak.jwks_refresh", "must be at least 1s");
+    }
+    if k.jwks_max_stale < k.jwks_refresh {
+        e.push(
+            "keycloak.jwks_max_stale",
+            "must be at least keycloak.jwks_refresh",
+        );
+    }
+    if k.fetch_timeout.is_zero() {
+        e.push("keycloak.fetch_timeout", "must be greater than zero");
+    }
+    if k.dynamic_realms.max == 0 {
+        e.push("keycloak.dynamic_realms.max", "must be at least 1");
+    }
+    for (realm, o) in &k.realms {
+        let p = format!("keycloak.realms.{realm}");
+        if let Some(i) = &o.issuer {
+            validate_url(&format!("{p}.issuer"), i, e);
+        }
+        if let Some(u) = &o.jwks_uri {
+            validate_url(&format!("{p}.jwks_uri"), u, e);
+        }
+        if o.jwks_uri.is_some() && o.jwks_file.is_some() {
+            e.push(&p, "set jwks_uri or jwks_file, not both");
+        }
+        if let Some(f) = &o.jwks_file {
+            if !std::path::Path::new(f).is_file() {
+                e.push(
+                    format!("{p}.jwks_file"),
+                    format!("\"{f}\" is not a readable file"),
+                );
+            }
+        }
+        if let Some(a) = &o.algorithms {
+            validate_algorithms(&format!("{p}.algorithms"), a, e);
+        }
+    }
+}

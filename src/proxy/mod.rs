@@ -1,0 +1,719 @@
+//! The request path: one `ProxyHttp` impl that reads top to bottom.
+//!
+//! `request_filter` decides (host -> tenant -> path -> route -> token -> permission) and
+//! either answers itself (`Ok(true)`) or lets the request through; `upstream_peer` picks the
+//! tenant's upstream; `upstream_request_filter` writes the verified identity; `logging`
+//! records metrics and the access line. Each step is a call into a pure module.
+
+mod host;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::authz::{canonicalize, match_layered, Access, DefaultPolicy, PermissionSet, RouteRule};
+use crate::config::RuntimeConfig;
+use crate::grants::GrantSource;
+use crate::headers::{header_value, is_valid_request_id, new_request_id};
+use crate::metrics::metrics;
+use crate::respond::{Challenge, Rejection};
+use crate::state::Shared;
+use crate::tenant::Tenant;
+use crate::verify::{extract_token, AuthError, Identity};
+
+pub use host::request_host;
+
+/// The Pingora proxy application.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Per-request state. Created for every request (also on keep-alive reuse), so it is cheap:
+/// no allocation until a field is filled.
+#[derive(Default)]
+pub struct RequestCtx {
+    started: Option<Instant>,
+    /// The config snapshot this request was decided with; it finishes on it even if a reload
+    /// swaps the config meanwhile.
+    config: Option<Arc<RuntimeConfig>>,
+    request_id: Option<HeaderValue>,
+    tenant: Option<Arc<Tenant>>,
+    /// The `Host` as received (for `X-Forwarded-Host` / `Forwarded`).
+    host: Option<HeaderValue>,
+    /// The verified caller (absent on public routes).
+    identity: Option<Arc<Identity>>,
+    /// Widest scope held for the route's permission, forwarded as `X-Auth-Scope`.
+    scope: Option<Box<str>>,
+    /// The canonical request target, when it differs from what the client sent.
+    forward_target: Option<Vec<u8>>,
+    /// Route id (`routes[3]`) for logs.
+    route: Option<Box<str>>,
+    /// allow, deny, public, shadow_deny, ...
+    decision: &'static str,
+    /// Set when the gateway answered instead of the upstream.
+    rejected: Option<&'static str>,
+    status: u16,
+    upstream_started: Option<Instant>,
+}
+
+impl RequestCtx {
+    fn request_id_str(&self) -> Option<&str> {
+        self.request_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Gateway {
+    /// Writes a refusal and marks the request as answered.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: Rejection,
+    ) -> Result<bool> {
+        let cfg = self.shared.config.load();
+        let rid = ctx.request_id_str();
+        let body = r.body(rid);
+        let header = r.header(&cfg.headers.request_id, rid, body.len())?;
+        // A request body we will not read would poison a reused connection.
+        if has_body(session.req_header()) {
+            session.set_keepalive(None);
+        }
+        ctx.rejected = Some(r.code);
+        ctx.status = r.status;
+        metrics()
+            .rejections_total
+            .with_label_values(&[r.code])
+            .inc();
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+}
+
+impl Gateway {
+    /// A refusal that shadow mode turns into a logged, counted pass.
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: Rejection,
+        enforce: bool,
+        identity: Option<Arc<Identity>>,
+    ) -> Result<bool> {
+        if enforce {
+            return self.reject(session, ctx, r).await;
+        }
+        metrics()
+            .shadow_decisions_total
+            .with_label_values(&["deny"])
+            .inc();
+        tracing::warn!(
+            target: "realmgate::audit",
+            request_id = ctx.request_id_str().unwrap_or(""),
+            tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
+            route = ctx.route.as_deref().unwrap_or(""),
+            would_be = r.code,
+            "shadow mode: request passed that enforcement would refuse"
+        );
+        ctx.decision = "shadow_deny";
+        ctx.identity = identity;
+        Ok(false)
+    }
+
+    /// The caller's effective permissions: config roles (tenant overlay included), the token's
+    /// permission claim and Redis grants, compiled once and cached.
+    async fn permission_set(
+        &self,
+        cfg: &Arc<RuntimeConfig>,
+        tenant: &Tenant,
+        identity: &Identity,
+    ) -> Arc<PermissionSet> {
+        let roles = cfg.roles_for(tenant);
+        self.shared
+            .grants
+            .effective(&tenant.id, &identity.sub, &identity.all_roles, |source| {
+                let redis: Vec<&str> = match source {
+                    GrantSource::Redis(raw) => raw
+                        .user
+                        .iter()
+                        .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
+                        .map(String::as_str)
+                        .collect(),
+                    GrantSource::Unavailable | GrantSource::Disabled => Vec::new(),
+                };
+                let (set, rejected) = roles.compile(
+                    &cfg.catalog,
+                    identity.all_roles.iter().map(|r| &**r),
+                    identity.permissions.iter().map(String::as_str).chain(redis),
+                );
+                for r in &rejected {
+                    metrics().invalid_grants_total.with_label_values(&["redis_or_claim"]).inc();
+                    tracing::warn!(tenant = &*tenant.id, grant = %r.grant, error = %r.error, "ignored an invalid grant");
+                }
+                set
+            })
+            .await
+    }
+}
+
+/// What the matched rule (or the default policy) asks for.
+enum RouteAccess<'a> {
+    Rule(&'a Access),
+    Denied,
+}
+
+/// The one mapping from token failures to HTTP answers (RFC 6750 challenge on 401).
+fn auth_rejection(e: &AuthError, tenant: &Tenant) -> Rejection {
+    match e.http_status() {
+        401 => Rejection::new(401, e.code(), e.description()).with_challenge(Challenge {
+            realm: tenant.id.to_string(),
+            error: e.bearer_error(),
+            description: (!e.is_missing()).then(|| e.description().into()),
+        }),
+        503 => Rejection::new(503, e.code(), e.description())
+            .with_retry_after(e.retry_after_secs().unwrap_or(5).min(u64::from(u32::MAX)) as u32),
+        status => Rejection::new(status, e.code(), e.description()),
+    }
+}
+
+fn audit_token_failure(ctx: &RequestCtx, tenant: &Tenant, e: &AuthError) {
+    tracing::info!(
+        target: "realmgate::audit",
+        request_id = ctx.request_id_str().unwrap_or(""),
+        tenant = &*tenant.id,
+        realm = &*tenant.realm,
+        route = ctx.route.as_deref().unwrap_or(""),
+        decision = "unauthenticated",
+        reason = e.code(),
+        "token refused"
+    );
+}
+
+fn audit_decision(
+    ctx: &RequestCtx,
+    tenant: &Tenant,
+    identity: &Identity,
+    required: &str,
+    decision: &str,
+) {
+    tracing::info!(
+        target: "realmgate::audit",
+        request_id = ctx.request_id_str().unwrap_or(""),
+        tenant = &*tenant.id,
+        realm = &*tenant.realm,
+        sub = %identity.sub,
+        route = ctx.route.as_deref().unwrap_or(""),
+        required,
+        decision,
+        "authorization decision"
+    );
+    metrics()
+        .decisions_total
+        .with_label_values(&[metrics().tenants.label(&tenant.id), decision])
+        .inc();
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Decides the request. `Ok(true)` means realmgate has answered (a refusal); `Ok(false)`
+    /// lets it through to the upstream. Expected refusals never surface as `Err`, so they are
+    /// not logged as proxy errors.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        let cfg = self.shared.config.load_full();
+        let is_h2 = session.is_http2();
+        let req = session.req_header_mut();
+
+        // Request id first, so every answer (refusals included) carries one.
+        ctx.request_id = Some(match req.headers.get(&cfg.headers.request_id) {
+            Some(v) if is_valid_request_id(v.as_bytes()) => v.clone(),
+            _ => HeaderValue::from_str(&new_request_id())
+                .unwrap_or(HeaderValue::from_static("invalid")),
+        });
+
+        // Before anything else: the client never speaks for realmgate.
+        cfg.headers.strip_owned(req);
+
+        let host = match request_host(req, is_h2) {
+            Ok(h) => h,
+            Err(r) => {
+                ctx.config = Some(cfg);
+                return self.reject(session, ctx, r).await;
+            }
+        };
+        let resolved = cfg.tenants.resolve_raw(host);
+        ctx.host = HeaderValue::from_bytes(host).ok();
+        let tenant = match resolved {
+            Ok(t) => t,
+            Err(e) => {
+                let r = match e.code() {
+                    "unknown_host" => {
+                        Rejection::new(404, "unknown_host", "no tenant is configured for this host")
+                    }
+                    code => Rejection::new(400, code, "the Host header is not a valid host name"),
+                };
+                ctx.config = Some(cfg);
+                return self.reject(session, ctx, r).await;
+            }
+        };
+        if !tenant.is_serving() {
+            ctx.tenant = Some(tenant);
+            ctx.config = Some(cfg);
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Rejection::new(403, "tenant_suspended", "this tenant is not active"),
+                )
+                .await;
+        }
+        ctx.tenant = Some(tenant.clone());
+        ctx.config = Some(cfg.clone());
+
+        // One canonical path: it is what gets matched, authorised and forwarded.
+        let req = session.req_header();
+        let method = req.method.clone();
+        let target = host::origin_form(req.raw_path());
+        let canon = match canonicalize(target, cfg.slashes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(reason = e.reason(), "refused request path");
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        Rejection::new(400, e.code(), "the request path is not acceptable"),
+                    )
+                    .await;
+            }
+        };
+        if canon.is_rewritten() || target.len() != req.raw_path().len() {
+            ctx.forward_target = Some(canon.request_target().into_owned());
+        }
+        let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &method, &canon);
+        let query = canon.query_str();
+        let enforce = cfg.enforce(&tenant, rule);
+        ctx.route = rule.map(|r| Box::from(r.id()));
+
+        let access = match rule.map(RouteRule::access) {
+            Some(a) => RouteAccess::Rule(a),
+            None => match cfg.default_policy {
+                DefaultPolicy::Deny => RouteAccess::Denied,
+                DefaultPolicy::Authenticated => RouteAccess::Rule(&Access::Authenticated),
+                DefaultPolicy::Allow => RouteAccess::Rule(&Access::Public),
+            },
+        };
+        let requirement = match access {
+            RouteAccess::Rule(Access::Public) => {
+                ctx.decision = "public";
+                return Ok(false);
+            }
+            RouteAccess::Denied => {
+                let r = Rejection::new(403, "route_denied", "no route allows this request");
+                return self.deny(session, ctx, r, enforce, None).await;
+            }
+            RouteAccess::Rule(Access::Authenticated) => None,
+            RouteAccess::Rule(Access::Permission(req)) => Some(req),
+        };
+
+        // Authentication: the host's own realm, nothing else.
+        let allow_query = rule.is_some_and(RouteRule::allow_query_token);
+        let verified = match extract_token(
+            &session.req_header().headers,
+            cfg.raw.keycloak.token_cookie.as_deref(),
+            query,
+            allow_query,
+            cfg.raw.keycloak.max_token_bytes,
+        ) {
+            Ok(Some(token)) => {
+                self.shared
+                    .verifier
+                    .verify(&tenant.id, &tenant.realm, token)
+                    .await
+            }
+            Ok(None) => Err(AuthError::MissingToken),
+            Err(e) => Err(e),
+        };
+        let identity = match verified {
+            Ok(i) => i,
+            Err(e) => {
+                audit_token_failure(ctx, &tenant, &e);
+                return self.reject(session, ctx, auth_rejection(&e, &tenant)).await;
+            }
+        };
+
+        // Authorisation: the route's permission against the user's effective set.
+        if let Some(req) = requirement {
+            let set = self.permission_set(&cfg, &tenant, &identity).await;
+            match req.authorize(&set) {
+                Some(scope) => {
+                    ctx.scope = Some(Box::from(cfg.catalog.scopes().name(scope)));
+                    ctx.decision = "allow";
+                    audit_decision(ctx, &tenant, &identity, req.label(), "allow");
+                }
+                None => {
+                    ctx.identity = Some(identity.clone());
+                    let required = cfg
+                        .raw
+                        .authz
+                        .expose_required
+                        .then(|| req.label().to_string());
+                    let r = Rejection::new(
+                        403,
+                        "forbidden",
+                        "the token does not grant the permission this route requires",
+                    )
+                    .with_required(required);
+                    audit_decision(
+                        ctx,
+                        &tenant,
+                        &identity,
+                        req.label(),
+                        if enforce { "deny" } else { "shadow_deny" },
+                    );
+                    return self.deny(session, ctx, r, enforce, Some(identity)).await;
+                }
+            }
+        } else {
+            ctx.decision = "authenticated";
+        }
+        ctx.identity = Some(identity);
+        Ok(false)
+    }
+
+    /// The tenant's upstream (or the default), with the configured timeouts. Addresses were
+    /// resolved at config load, so no DNS happens here.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(cfg), Some(tenant)) = (&ctx.config, &ctx.tenant) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no routing decision",
+            ));
+        };
+        let target = cfg.upstream_for(tenant);
+        let mut peer = HttpPeer::new(target.addr, target.tls, target.sni.clone());
+        let t = &cfg.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Writes the verified identity onto the upstream request. Client copies of these headers
+    /// were removed in `request_filter`, so a missing value can never let a forged one through.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(cfg), Some(tenant)) = (&ctx.config, &ctx.tenant) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no routing decision",
+            ));
+        };
+        // Forward exactly the target that was authorised (canonical, origin-form).
+        if let Some(target) = ctx.forward_target.take() {
+            upstream.set_raw_path(&target)?;
+        }
+        let h = &cfg.headers;
+        upstream.insert_header(h.tenant.clone(), &*tenant.id)?;
+        if let Some(id) = &ctx.identity {
+            let max = h.max_value_len;
+            upstream.insert_header(
+                h.user_id.clone(),
+                header_value(&id.sub, max).unwrap_or(HeaderValue::from_static("")),
+            )?;
+            if let Some(v) = id
+                .preferred_username
+                .as_deref()
+                .and_then(|v| header_value(v, max))
+            {
+                upstream.insert_header(h.user_name.clone(), v)?;
+            }
+            if let Some(v) = id.email.as_deref().and_then(|v| header_value(v, max)) {
+                upstream.insert_header(h.user_email.clone(), v)?;
+            }
+            if let Some(v) = header_value(&id.roles_header, max) {
+                upstream.insert_header(h.roles.clone(), v)?;
+            }
+            for (name, value) in &id.extra {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(scope) = &ctx.scope {
+                upstream.insert_header(h.scope.clone(), &**scope)?;
+            }
+            if cfg.raw.keycloak.strip_authorization {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
+        upstream.insert_header(h.realm.clone(), &*tenant.realm)?;
+        if let Some(id) = &ctx.request_id {
+            upstream.insert_header(h.request_id.clone(), id.clone())?;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let host = ctx
+            .host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let proto = if session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some()
+        {
+            "https"
+        } else {
+            "http"
+        };
+        h.set_forwarding(upstream, peer, proto, host);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.status = resp.status.as_u16();
+        if let (Some(cfg), Some(id)) = (&ctx.config, &ctx.request_id) {
+            resp.insert_header(cfg.headers.request_id.clone(), id.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Upstream failures become JSON 502/504 answers; nothing internal leaks.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let r = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) if *code >= 400 => {
+                Rejection::new(*code, "bad_request", "the request could not be processed")
+            }
+            (
+                ErrorSource::Downstream,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ) => {
+                ctx.status = 499;
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            (ErrorSource::Downstream, _) => {
+                Rejection::new(400, "bad_request", "the request could not be read")
+            }
+            (
+                _,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => {
+                metrics()
+                    .upstream_errors_total
+                    .with_label_values(&["timeout"])
+                    .inc();
+                Rejection::new(
+                    504,
+                    "upstream_timeout",
+                    "the upstream did not answer in time",
+                )
+            }
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute,
+            ) => {
+                metrics()
+                    .upstream_errors_total
+                    .with_label_values(&["connect"])
+                    .inc();
+                Rejection::new(502, "upstream_unavailable", "the upstream is not reachable")
+            }
+            (ErrorSource::Upstream, _) => {
+                metrics()
+                    .upstream_errors_total
+                    .with_label_values(&["other"])
+                    .inc();
+                Rejection::new(502, "upstream_error", "the upstream failed to answer")
+            }
+            _ => Rejection::new(
+                500,
+                "internal_error",
+                "the gateway failed to process the request",
+            ),
+        };
+        ctx.status = r.status;
+        ctx.rejected = Some(r.code);
+        let code = r.status;
+        let rid = ctx.request_id_str();
+        let body = r.body(rid);
+        let cfg = self.shared.config.load();
+        // If the response head already went out, nothing more can be said to the client.
+        if session.response_written().is_none() {
+            if let Ok(header) = r.header(&cfg.headers.request_id, rid, body.len()) {
+                session.set_keepalive(None);
+                if session
+                    .write_response_header(Box::new(header), false)
+                    .await
+                    .is_ok()
+                {
+                    let _ = session.write_response_body(Some(body), true).await;
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Always called last: metrics and the access line.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or(Duration::ZERO);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let m = metrics();
+        let tenant = ctx
+            .tenant
+            .as_ref()
+            .map(|t| m.tenants.label(&t.id))
+            .unwrap_or("none");
+        m.requests_total
+            .with_label_values(&[tenant, status_label(status)])
+            .inc();
+        m.request_duration.observe(elapsed.as_secs_f64());
+        let upstream_us = ctx.upstream_started.map(|s| s.elapsed().as_micros() as u64);
+        if let Some(us) = upstream_us {
+            m.upstream_duration.observe(us as f64 / 1e6);
+        }
+        let log_access = ctx
+            .config
+            .as_ref()
+            .is_some_and(|c| c.raw.logging.access_log);
+        if log_access {
+            let req = session.req_header();
+            tracing::info!(
+                target: "realmgate::access",
+                request_id = ctx.request_id_str().unwrap_or(""),
+                tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
+                realm = ctx.tenant.as_ref().map(|t| &*t.realm).unwrap_or(""),
+                sub = ctx.identity.as_ref().map(|i| i.sub.as_str()).unwrap_or(""),
+                route = ctx.route.as_deref().unwrap_or(""),
+                decision = ctx.decision,
+                method = req.method.as_str(),
+                path = req.uri.path(),
+                status,
+                reason = ctx.rejected.unwrap_or(""),
+                latency_us = elapsed.as_micros() as u64,
+                upstream_latency_us = upstream_us.unwrap_or(0),
+                "request"
+            );
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // Clients going away mid-response are not gateway errors.
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        format!(
+            "{} tenant={} request_id={}",
+            session.as_ref().request_summary(),
+            ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or("-"),
+            ctx.request_id_str().unwrap_or("-")
+        )
+    }
+}
+
+/// Status codes as static label values (no allocation per request).
+fn status_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        101 => "101",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        c if c < 200 => "1xx",
+        c if c < 300 => "2xx",
+        c if c < 400 => "3xx",
+        c if c < 500 => "4xx",
+        _ => "5xx",
+    }
+}

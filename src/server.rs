@@ -1,0 +1,166 @@
+//! Assembles the Pingora server: proxy service, admin service and background services.
+//! `main`, the tests and the demo all go through [`build_server`], so there is one
+//! construction path.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{
+    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tokio::sync::broadcast;
+
+use crate::admin::AdminApp;
+use crate::config::RuntimeConfig;
+use crate::proxy::Gateway;
+use crate::state::Shared;
+
+/// Options that are about this process rather than the config file.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessOptions {
+    /// Take over listening sockets from a running instance (zero-downtime upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+fn server_conf(cfg: &RuntimeConfig) -> ServerConf {
+    let s = &cfg.raw.server;
+    ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file.clone(),
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the server for a validated config. Call from a plain thread, never inside a tokio
+/// runtime: Pingora creates its own runtimes.
+pub fn build_server(
+    cfg: RuntimeConfig,
+    opts: &ProcessOptions,
+) -> pingora::Result<(Server, Arc<Shared>)> {
+    let conf = server_conf(&cfg);
+    let proxy_addr = cfg.proxy_addr.to_string();
+    let admin_addr = cfg.admin_addr.to_string();
+    let source = cfg.source.clone();
+    let watch_file = cfg.raw.server.watch_config;
+    crate::metrics::metrics()
+        .tenants
+        .set_cap(cfg.raw.metrics.tenant_label_cap);
+    let redis_configured = cfg.grants.is_some();
+    let (shared, refresher) = Shared::new(cfg)
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let phases = server.watch_execution_phase();
+    server.add_service(background_service(
+        "lifecycle",
+        LifecycleWatcher {
+            shared: shared.clone(),
+            phases: Mutex::new(Some(phases)),
+        },
+    ));
+
+    // Every JWKS fetch happens on this service's runtime (reqwest clients are runtime-bound).
+    server.add_service(background_service("jwks refresher", refresher));
+    if redis_configured {
+        server.add_service(background_service(
+            "redis invalidation subscriber",
+            crate::grants::GrantSubscriber(shared.grants.clone()),
+        ));
+    }
+    if let Some(path) = source {
+        server.add_service(background_service(
+            "config reload",
+            crate::reload::Reloader {
+                shared: shared.clone(),
+                path,
+                watch_file,
+            },
+        ));
+    }
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "realmgate",
+    );
+    proxy.add_tcp(&proxy_addr);
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone())),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_addr);
+    server.add_service(admin);
+
+    Ok((server, shared))
+}
+
+/// Turns Pingora's execution phases into the readiness signal: once graceful termination
+/// starts, `/readyz` fails so load balancers stop sending before the listener closes.
+struct LifecycleWatcher {
+    shared: Arc<Shared>,
+    phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait]
+impl BackgroundService for LifecycleWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut rx) = self.phases.lock().take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                phase = rx.recv() => match phase {
+                    Ok(ExecutionPhase::GracefulTerminate
+                        | ExecutionPhase::GracefulUpgradeTransferringFds
+                        | ExecutionPhase::GracefulUpgradeCloseTimeout
+                        | ExecutionPhase::ShutdownStarted) => self.shared.set_draining(),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = shutdown.changed() => {
+                    self.shared.set_draining();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A shutdown trigger driven by a channel, for running the server inside tests and the demo
+/// (`run_forever` would exit the process).
+pub struct ChannelSignal(pub tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ShutdownSignal>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        match self.0.lock().await.recv().await {
+            Some(s) => s,
+            None => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// Runs a built server on the current thread until the channel fires (or its sender drops).
+pub fn run_with_channel(server: Server, rx: tokio::sync::mpsc::Receiver<ShutdownSignal>) {
+    server.run(RunArgs {
+        shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
+    });
+}
