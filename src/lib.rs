@@ -24,4 +24,5 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
+pub mod tenant_sync;
 pub mod verify;

@@ -21,9 +21,12 @@ use crate::state::Shared;
 
 /// Reloads `path` into `shared` now. Used by the signal/file watcher and by tests.
 pub fn reload_from(shared: &Shared, path: &Path) -> Result<(), ConfigError> {
-    match config::load(path, &ProcessEnv) {
-        Ok(cfg) => {
-            shared.apply(cfg);
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))
+        .and_then(|text| config::parse_str(&text, &ProcessEnv))
+        .and_then(|raw| shared.install(raw, Some(path.to_path_buf())));
+    match loaded {
+        Ok(()) => {
             metrics()
                 .config_reload_total
                 .with_label_values(&["ok"])

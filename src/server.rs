@@ -55,6 +55,11 @@ pub fn build_server(
         .tenants
         .set_cap(cfg.raw.metrics.tenant_label_cap);
     let redis_configured = cfg.grants.is_some();
+    let tenant_sync = cfg.raw.redis.as_ref().and_then(|r| {
+        r.tenants_key
+            .as_ref()
+            .map(|key| (r.url.clone(), key.clone(), r.channel.clone()))
+    });
     let (shared, refresher) = Shared::new(cfg)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
 
@@ -81,6 +86,18 @@ pub fn build_server(
         server.add_service(background_service(
             "redis invalidation subscriber",
             crate::grants::GrantSubscriber(shared.grants.clone()),
+        ));
+    }
+    if let Some((url, key, channel)) = tenant_sync {
+        server.add_service(background_service(
+            "runtime tenants",
+            crate::tenant_sync::TenantSync {
+                shared: shared.clone(),
+                url,
+                key,
+                channel,
+                resync: std::time::Duration::from_secs(60),
+            },
         ));
     }
     if let Some(path) = source {

@@ -1,12 +1,15 @@
 //! State shared by the proxy, the admin listener and the background services.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::authz::PermissionSet;
-use crate::config::RuntimeConfig;
+use crate::config::raw::{RawConfig, TenantSection};
+use crate::config::{ConfigError, RuntimeConfig};
 use crate::grants::GrantStore;
 use crate::jwks::{key_store, JwksRefresher, KeyStore};
 use crate::verify::Verifier;
@@ -21,6 +24,10 @@ pub struct Shared {
     pub grants: Arc<GrantStore<PermissionSet>>,
     /// Set when graceful shutdown starts, so `/readyz` turns away new traffic first.
     draining: AtomicBool,
+    /// The file's config (before run-time tenants are merged in) and where it came from.
+    base: Mutex<(RawConfig, Option<PathBuf>)>,
+    /// Tenants provisioned at run time through Redis (see `tenant_sync`).
+    runtime_tenants: Mutex<Vec<TenantSection>>,
 }
 
 impl Shared {
@@ -30,7 +37,10 @@ impl Shared {
         let (keys, refresher) = key_store(config.jwks.clone(), config.static_realms.clone());
         let verifier = Verifier::new(keys.clone(), config.verify.clone());
         let grants = GrantStore::new(config.grants.clone()).map_err(|e| format!("redis: {e}"))?;
+        let base = Mutex::new((config.raw.clone(), config.source.clone()));
         let shared = Arc::new(Self {
+            base,
+            runtime_tenants: Mutex::new(Vec::new()),
             config: ArcSwap::from_pointee(config),
             keys,
             verifier,
@@ -76,6 +86,69 @@ impl Shared {
         self.grants.clear();
     }
 
+    /// Installs a new file config, merged with the run-time tenants, and swaps it in.
+    pub fn install(&self, raw: RawConfig, source: Option<PathBuf>) -> Result<(), ConfigError> {
+        let extra = self.runtime_tenants.lock().clone();
+        let cfg = merged(raw.clone(), source.clone(), &extra)?;
+        *self.base.lock() = (raw, source);
+        self.apply(cfg);
+        Ok(())
+    }
+
+    /// Replaces the run-time tenants. Ids already in the file are skipped (the file wins);
+    /// tenants that fail validation are dropped with a log line so one bad entry cannot
+    /// block the rest. Returns how many were kept.
+    pub fn set_runtime_tenants(
+        &self,
+        mut tenants: Vec<TenantSection>,
+    ) -> Result<usize, ConfigError> {
+        let (raw, source) = self.base.lock().clone();
+        tenants.retain(|t| {
+            let clash = raw.tenants.iter().any(|f| f.id == t.id);
+            if clash {
+                tracing::warn!(id = %t.id, "runtime tenant skipped: the config file defines this id");
+            }
+            !clash
+        });
+        let base_len = raw.tenants.len();
+        let cfg = match merged(raw.clone(), source.clone(), &tenants) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                // Drop every run-time tenant an error names, then try once more.
+                let bad: Vec<usize> = e
+                    .errors
+                    .iter()
+                    .filter_map(|m| {
+                        m.strip_prefix("tenants[")?
+                            .split(']')
+                            .next()?
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .filter(|i| *i >= base_len)
+                    .map(|i| i - base_len)
+                    .collect();
+                if bad.is_empty() {
+                    return Err(e);
+                }
+                for m in &e.errors {
+                    tracing::warn!(error = %m, "runtime tenant skipped");
+                }
+                let mut i = 0;
+                tenants.retain(|_| {
+                    let keep = !bad.contains(&i);
+                    i += 1;
+                    keep
+                });
+                merged(raw, source, &tenants)?
+            }
+        };
+        let kept = tenants.len();
+        *self.runtime_tenants.lock() = tenants;
+        self.apply(cfg);
+        Ok(kept)
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -97,4 +170,14 @@ impl Shared {
         }
         reasons
     }
+}
+
+/// The file config with run-time tenants appended, compiled.
+fn merged(
+    mut raw: RawConfig,
+    source: Option<PathBuf>,
+    extra: &[TenantSection],
+) -> Result<RuntimeConfig, ConfigError> {
+    raw.tenants.extend(extra.iter().cloned());
+    RuntimeConfig::compile(raw, source)
 }

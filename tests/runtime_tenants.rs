@@ -1,0 +1,123 @@
+//! Tenants provisioned at run time through the Redis hash + invalidation message serve within
+//! a second, bad entries are skipped, and removal takes effect the same way. Real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed (it ships with redis-server)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn status(gw: &Gateway, host: &str) -> u16 {
+    client()
+        .get(gw.url("/public/x"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn eventually(gw: &Gateway, host: &str, want: u16) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = status(gw, host).await;
+        if s == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{host}: still {s}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn tenants_added_and_removed_through_redis_serve_within_a_second() {
+    assert_eq!(
+        redis_cli(&["PING"]),
+        "PONG",
+        "Redis must run on 127.0.0.1:6379"
+    );
+    let tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let key = format!("rgtest:{tag}:tenants");
+    let channel = format!("rgtest:{tag}:invalidate");
+    let up = Upstream::start().await;
+    let template = format!(
+        r#"
+listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
+server: {{threads: 1, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
+upstream: {{default: "{{UPSTREAM}}"}}
+keycloak: {{base_url: "http://127.0.0.1:9", audiences: [qa-platform-backend], require_keys_for_ready: false}}
+tenants:
+  - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
+routes:
+  - {{path: "/public/**", public: true}}
+redis: {{url: "redis://127.0.0.1:6379", channel: "{channel}", tenants_key: "{key}"}}
+logging: {{access_log: false}}
+"#
+    );
+    let gw = Gateway::start(&template, up.addr);
+    assert_eq!(status(&gw, "initech.example.com").await, 404);
+
+    redis_cli(&[
+        "HSET",
+        &key,
+        "initech",
+        r#"{"id":"initech","realm":"tenant-initech","hosts":["initech.example.com"]}"#,
+    ]);
+    redis_cli(&["HSET", &key, "broken", "{not json"]);
+    redis_cli(&[
+        "HSET",
+        &key,
+        "badhost",
+        r#"{"id":"badhost","realm":"tenant-b","hosts":["bad..host"]}"#,
+    ]);
+    redis_cli(&[
+        "HSET",
+        &key,
+        "acme",
+        r#"{"id":"acme","realm":"tenant-evil","hosts":["evil.example.com"]}"#,
+    ]);
+    redis_cli(&["PUBLISH", &channel, "tenants"]);
+    let took = eventually(&gw, "initech.example.com", 200).await;
+    assert!(took < Duration::from_secs(1));
+    assert_eq!(up.last().header("x-tenant-id"), Some("initech"));
+    assert_eq!(up.last().header("x-realm"), Some("tenant-initech"));
+    // The file's tenant wins over a Redis entry with the same id; bad entries are skipped.
+    assert_eq!(status(&gw, "evil.example.com").await, 404);
+    assert_eq!(status(&gw, "acme.qa.example.com").await, 200);
+    assert_eq!(up.last().header("x-realm"), Some("tenant-acme"));
+
+    // Suspension and removal go through the same path.
+    redis_cli(&[
+        "HSET",
+        &key,
+        "initech",
+        r#"{"id":"initech","realm":"tenant-initech","hosts":["initech.example.com"],"status":"suspended"}"#,
+    ]);
+    redis_cli(&["PUBLISH", &channel, "tenants:initech"]);
+    eventually(&gw, "initech.example.com", 403).await;
+    redis_cli(&["HDEL", &key, "initech"]);
+    redis_cli(&["PUBLISH", &channel, "tenants"]);
+    eventually(&gw, "initech.example.com", 404).await;
+    redis_cli(&["DEL", &key]);
+}
