@@ -161,12 +161,12 @@ impl<'a> CanonicalPath<'a> {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-fn unreserved(b: u8) -> bool {
+const fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// Allowed raw in a canonical path segment besides unreserved: sub-delims without `;`, `:`, `@`.
-fn raw_ok(b: u8) -> bool {
+const fn raw_ok(b: u8) -> bool {
     matches!(
         b,
         b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
@@ -180,6 +180,40 @@ fn hex_val(b: u8) -> Option<u8> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         _ => None,
     }
+}
+
+/// Bytes that may appear raw, unchanged, in a canonical segment.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = unreserved(b) || raw_ok(b);
+        i += 1;
+    }
+    t
+};
+
+fn dot_segment(seg: &[u8]) -> bool {
+    seg == b"." || seg == b".."
+}
+
+/// The common case in one pass: only plain bytes, no empty or dot segments. Returns false for
+/// anything else (escapes, rewrites, errors), which then takes the full path.
+fn already_canonical(path: &[u8]) -> bool {
+    let mut seg_start = 1;
+    for i in 1..path.len() {
+        let b = path[i];
+        if b == b'/' {
+            if i == seg_start || dot_segment(&path[seg_start..i]) {
+                return false;
+            }
+            seg_start = i + 1;
+        } else if !PLAIN[usize::from(b)] {
+            return false;
+        }
+    }
+    !dot_segment(path.get(seg_start..).unwrap_or_default())
 }
 
 /// Refusals shared by raw and decoded bytes.
@@ -334,7 +368,9 @@ pub fn canonicalize(target: &[u8], slashes: SlashPolicy) -> Result<CanonicalPath
     if let Some(q) = query {
         check_query(q)?;
     }
-    let path = if scan(path, slashes, None)? {
+    let path = if already_canonical(path) {
+        Cow::Borrowed(std::str::from_utf8(path).map_err(|_| PathError::NonAscii)?)
+    } else if scan(path, slashes, None)? {
         let mut s = String::with_capacity(path.len() + 8);
         scan(path, slashes, Some(&mut s))?;
         Cow::Owned(s)
@@ -654,6 +690,13 @@ mod tests {
                     let d: Vec<u8> = decoded(seg.as_bytes()).collect();
                     prop_assert!(d != b"." && d != b"..");
                 }
+            }
+        }
+
+        #[test]
+        fn fast_path_agrees_with_full_scan(input in tricky()) {
+            if already_canonical(&input) {
+                prop_assert_eq!(scan(&input, SlashPolicy::Reject, None), Ok(false));
             }
         }
 
