@@ -28,6 +28,8 @@ pub struct RejectedGrant {
 #[derive(Debug, Clone, Default)]
 pub struct RoleMap {
     roles: HashMap<Box<str>, Arc<[Grant]>, ahash::RandomState>,
+    /// Epoch of the catalog whose ids the grants use (0 for the empty default map).
+    epoch: u64,
 }
 
 /// `roles.viewer` for plain names, `roles."odd.name"` when the name would make the path
@@ -84,6 +86,7 @@ impl RoleMap {
                 .into_iter()
                 .map(|(name, grants)| (name, Arc::from(grants)))
                 .collect(),
+            epoch: catalog.epoch(),
         })
     }
 
@@ -96,6 +99,7 @@ impl RoleMap {
         additions: RoleSource<'_>,
         overrides: RoleSource<'_>,
     ) -> Result<Self, Vec<BuildError>> {
+        debug_assert!(self.same_catalog(catalog), "overlay with a foreign catalog");
         let mut errors = Vec::new();
         let over = compile_source(catalog, overrides, &mut errors);
         let add = compile_source(catalog, additions, &mut errors);
@@ -116,7 +120,14 @@ impl RoleMap {
                 .collect();
             roles.insert(name, Arc::from(merged));
         }
-        Ok(RoleMap { roles })
+        Ok(RoleMap {
+            roles,
+            epoch: catalog.epoch(),
+        })
+    }
+
+    fn same_catalog(&self, catalog: &Catalog) -> bool {
+        self.epoch == 0 || self.epoch == catalog.epoch()
     }
 
     pub fn get(&self, role: &str) -> Option<&[Grant]> {
@@ -152,6 +163,7 @@ impl RoleMap {
         G: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        debug_assert!(self.same_catalog(catalog), "compile with a foreign catalog");
         let mut b = PermissionSetBuilder::new(catalog);
         for role in roles {
             if let Some(grants) = self.roles.get(role) {
@@ -382,6 +394,24 @@ mod tests {
                 "tenants[2].roles.viewer[1]"
             ]
         );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "foreign catalog")]
+    fn foreign_catalog_is_caught_in_debug_builds() {
+        let mut c = catalog();
+        let g = global();
+        let roles = RoleMap::build(
+            &mut c,
+            RoleSource {
+                path: "roles",
+                roles: &g,
+            },
+        )
+        .unwrap();
+        let other = catalog();
+        let _ = roles.compile(&other, ["viewer"], std::iter::empty::<&str>());
     }
 
     #[test]
