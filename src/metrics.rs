@@ -118,7 +118,6 @@ fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
 }
 
 impl Metrics {
-
     fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
