@@ -905,3 +905,45 @@ async fn dropped_connection_reconnects_without_degrading() {
     assert!(alice.has("redis.only.grant"));
     drop(t);
 }
+
+#[tokio::test]
+async fn subscriber_health_pings_do_not_disturb_the_subscription() {
+    let url = shared_url();
+    let mut con = admin(&url);
+    let t = Tenant::new(&url);
+    sadd(&mut con, &t.user_key("alice"), &["users.read.own"]);
+    let store = GrantStore::new(Some(GrantSettings {
+        ping_interval: Duration::from_millis(20),
+        ..t.settings()
+    }))
+    .unwrap();
+    let _stop = start_subscriber(&store);
+    wait_subscribed(&store).await;
+    let loads = AtomicUsize::new(0);
+    eff(&store, &t, "alice", &[], &loads).await;
+    // Many ping rounds: a failed ping would reconnect, which clears the cache (a reload here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.subscriber_connected());
+    eff(&store, &t, "alice", &[], &loads).await;
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "cache was cleared: subscription restarted"
+    );
+    srem(&mut con, &t.user_key("alice"), "users.read.own");
+    publish(
+        &mut con,
+        &t.channel(),
+        &format!("tenant:{}:user:alice", t.id),
+    );
+    wait_for(
+        Duration::from_secs(1),
+        "invalidation between pings",
+        || async {
+            !eff(&store, &t, "alice", &[], &loads)
+                .await
+                .has("users.read.own")
+        },
+    )
+    .await;
+}
