@@ -34,9 +34,22 @@
 //! wait included); on failure the set is compiled from [`GrantSource::Unavailable`] (Redis-only
 //! grants fail closed) and cached for `degraded_ttl`. After a failure the link is marked down
 //! with jittered exponential backoff (100 ms .. 5 s); until it elapses misses do not touch
-//! Redis at all, so a dead Redis costs requests nothing. Connections are created lazily on the
+//! Redis at all, so a dead Redis costs requests nothing. Then one miss probes (connect + PING)
+//! while the others keep degrading; the backoff only resets after a successful read (or when
+//! the subscriber reaches Redis again). A healthy connection that drops (idle timeout, failover)
+//! is replaced at once, within the same request's timeout. Connections are created lazily on the
 //! runtime that first needs them (the command connection on the request runtime, the pub/sub
 //! connection inside [`GrantStore::run_subscriber`]), never at construction.
+//!
+//! Cached sets also embed what the caller's `compile` captured from config: call
+//! [`GrantStore::clear`] after a config reload that changes role maps.
+//!
+//! # Metrics
+//! `permission_cache_total{result}`: `hit`, `miss`, `expired` partition lookups; `degraded`
+//! counts sets compiled without Redis. `redis_errors_total{op}`: `connect`, `load`, `smembers`
+//! (a key that is not a set), `subscribe`. `invalid_grants_total{source="redis"}`: members
+//! dropped before `compile` (non-UTF-8 or over [`MAX_MEMBER_LEN`]). `invalidations_total`:
+//! messages received, understood or not.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
