@@ -34,9 +34,22 @@
 //! wait included); on failure the set is compiled from [`GrantSource::Unavailable`] (Redis-only
 //! grants fail closed) and cached for `degraded_ttl`. After a failure the link is marked down
 //! with jittered exponential backoff (100 ms .. 5 s); until it elapses misses do not touch
-//! Redis at all, so a dead Redis costs requests nothing. Connections are created lazily on the
+//! Redis at all, so a dead Redis costs requests nothing. Then one miss probes (connect + PING)
+//! while the others keep degrading; the backoff only resets after a successful read (or when
+//! the subscriber reaches Redis again). A healthy connection that drops (idle timeout, failover)
+//! is replaced at once, within the same request's timeout. Connections are created lazily on the
 //! runtime that first needs them (the command connection on the request runtime, the pub/sub
 //! connection inside [`GrantStore::run_subscriber`]), never at construction.
+//!
+//! Cached sets also embed what the caller's `compile` captured from config: call
+//! [`GrantStore::clear`] after a config reload that changes role maps.
+//!
+//! # Metrics
+//! `permission_cache_total{result}`: `hit`, `miss`, `expired` partition lookups; `degraded`
+//! counts sets compiled without Redis. `redis_errors_total{op}`: `connect`, `load`, `smembers`
+//! (a key that is not a set), `subscribe`. `invalid_grants_total{source="redis"}`: members
+//! dropped before `compile` (non-UTF-8 or over [`MAX_MEMBER_LEN`]). `invalidations_total`:
+//! messages received, understood or not.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -866,6 +879,9 @@ impl Link {
                 match &st.conn {
                     Conn::Up { conn, id } => return Some((conn.clone(), *id)),
                     Conn::Down { retry_at } if Instant::now() < *retry_at => return None,
+                    // Probing a failed Redis: one request (the one that started the probe)
+                    // waits for it; the rest degrade at once instead of each paying a timeout.
+                    Conn::Connecting(_) if st.failures > 0 => return None,
                     Conn::Connecting(rx) => rx.clone(),
                     Conn::Idle | Conn::Down { .. } => {
                         // The connection's driver task lives on this (the caller's) runtime.
@@ -899,39 +915,42 @@ impl Link {
         }
     }
 
+    /// Connects and proves the server answers (a stopped Redis still accepts TCP connections).
+    /// `failures` is only reset by a successful load, so a Redis that accepts connections but
+    /// does not answer reads keeps backing off.
     async fn connect(self: Arc<Self>, done: watch::Sender<bool>) {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
-        let result = tokio::time::timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        let (recovered, failure) = {
+            .set_response_timeout(Some(self.connect_timeout));
+        let attempt = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("PING").query_async::<Value>(&mut conn).await?;
+            RedisResult::Ok(conn)
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        };
+        let failure = {
             let mut st = self.state.lock();
             match result {
-                Ok(Ok(conn)) => {
+                Ok(conn) => {
                     st.next_id += 1;
                     let id = st.next_id;
                     st.conn = Conn::Up { conn, id };
-                    let recovered = st.failures > 0;
-                    st.failures = 0;
-                    (recovered, None)
+                    None
                 }
-                Ok(Err(e)) => {
+                Err(error) => {
                     st.fail();
-                    (false, Some((st.failures, e.to_string())))
-                }
-                Err(_) => {
-                    st.fail();
-                    (false, Some((st.failures, "timed out".to_owned())))
+                    Some((st.failures, error))
                 }
             }
         };
         match failure {
-            None if recovered => info!("redis reachable again for grants"),
             None => debug!("redis connected for grants"),
             Some((failures, error)) => {
                 counters().err_connect.inc();
@@ -945,10 +964,29 @@ impl Link {
         let _ = done.send(true);
     }
 
+    fn succeeded(&self) {
+        let recovered = {
+            let mut st = self.state.lock();
+            std::mem::replace(&mut st.failures, 0) > 0
+        };
+        if recovered {
+            info!("redis answers grant reads again");
+        }
+    }
+
     /// Ends a known-down period early (the subscriber just reached Redis).
     fn retry_now(&self) {
         let mut st = self.state.lock();
+        st.failures = 0;
         if matches!(st.conn, Conn::Down { .. }) {
+            st.conn = Conn::Idle;
+        }
+    }
+
+    /// Drops connection `id` so the next caller connects afresh, without a backoff.
+    fn reset(&self, id: u64) {
+        let mut st = self.state.lock();
+        if matches!(st.conn, Conn::Up { id: cur, .. } if cur == id) {
             st.conn = Conn::Idle;
         }
     }
@@ -970,6 +1008,13 @@ impl Link {
     ) -> Option<RawGrants> {
         let deadline = tokio::time::Instant::now() + self.command_timeout;
         let user_key = user_key(&self.key_prefix, tenant, sub);
+        if user_key.is_none() {
+            warn!(
+                tenant = %tenant.escape_debug(),
+                sub = %sub.escape_debug(),
+                "tenant or sub unusable in a redis key; no redis grants for this identity"
+            );
+        }
         let mut role_keys: Vec<(&str, String)> = Vec::new();
         for (i, role) in roles.iter().enumerate() {
             if roles[..i].iter().any(|r| **r == **role) {
@@ -984,8 +1029,13 @@ impl Link {
                 );
                 break;
             }
-            if let Some(key) = role_key(&self.key_prefix, tenant, role) {
-                role_keys.push((role, key));
+            match role_key(&self.key_prefix, tenant, role) {
+                Some(key) => role_keys.push((role, key)),
+                None => warn!(
+                    tenant = %tenant.escape_debug(),
+                    role = %role.escape_debug(),
+                    "role unusable in a redis key; no redis grants for it"
+                ),
             }
         }
         if user_key.is_none() && role_keys.is_empty() {
@@ -996,26 +1046,40 @@ impl Link {
         for key in user_key.iter().chain(role_keys.iter().map(|(_, k)| k)) {
             pipe.cmd("SMEMBERS").arg(key);
         }
-        let (mut conn, id) = self.connection(deadline).await?;
         let c = counters();
-        let replies = match tokio::time::timeout_at(
-            deadline,
-            pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(replies)) => replies,
-            Ok(Err(e)) => {
-                c.err_load.inc();
-                self.mark_down(id);
-                warn!(error = %e, "redis grant load failed; marking redis down");
-                return None;
-            }
-            Err(_) => {
-                c.err_load.inc();
-                self.mark_down(id);
-                warn!(timeout = ?self.command_timeout, "redis grant load timed out; marking redis down");
-                return None;
+        let mut retried = false;
+        let replies = loop {
+            let (mut conn, id) = self.connection(deadline).await?;
+            match tokio::time::timeout_at(
+                deadline,
+                pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(replies)) => {
+                    self.succeeded();
+                    break replies;
+                }
+                // A healthy link that just broke (idle timeout, failover, restart, its runtime
+                // gone): reconnect once within the same deadline rather than degrade.
+                Ok(Err(e)) if !retried => {
+                    c.err_load.inc();
+                    debug!(error = %e, "redis grant load failed; reconnecting once");
+                    self.reset(id);
+                    retried = true;
+                }
+                Ok(Err(e)) => {
+                    c.err_load.inc();
+                    self.mark_down(id);
+                    warn!(error = %e, "redis grant load failed; marking redis down");
+                    return None;
+                }
+                Err(_) => {
+                    c.err_load.inc();
+                    self.mark_down(id);
+                    warn!(timeout = ?self.command_timeout, "redis grant load timed out; marking redis down");
+                    return None;
+                }
             }
         };
         if replies.len() != usize::from(user_key.is_some()) + role_keys.len() {
