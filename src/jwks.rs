@@ -2008,7 +2008,6 @@ pub(crate) mod testkit {
     /// 404 like Keycloak. Keys can be rotated, realms made to fail, hang or send garbage.
     pub struct Idp {
         pub base: String,
-        pub port: u16,
         state: Arc<IdpState>,
     }
 
@@ -2138,7 +2137,7 @@ pub(crate) mod testkit {
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });
-            Idp { base, port, state }
+            Idp { base, state }
         }
 
         pub fn issuer(&self, realm: &str) -> String {
@@ -2718,7 +2717,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn refresh_honours_max_age_and_drops_retired_keys() {
+    async fn refresh_rotates_keys_and_retires_dropped_ones() {
         let idp = Idp::start().await;
         idp.set_keys("r-rot", vec![rsa_a().jwk("k1"), rsa_b().jwk("k2")]);
         let mut settings = test_settings(&idp.base);
@@ -2921,6 +2920,30 @@ mod tests {
             e => panic!("{e:?}"),
         }
         assert_eq!(idp.total_hits(), hits);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fetch_reads_max_age_and_classifies_404() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-cc", vec![rsa_a().jwk("k1")]);
+        idp.set_cache_control("r-cc", "public, max-age=120");
+        let client = build_client(&test_settings(&idp.base)).unwrap();
+        let url = format!("{}/realms/r-cc/protocol/openid-connect/certs", idp.base);
+        let doc = get_doc(Some(&client), &url, 1 << 20).await.unwrap();
+        assert_eq!(doc.max_age, Some(Duration::from_secs(120)));
+        let missing = format!("{}/realms/r-none/protocol/openid-connect/certs", idp.base);
+        assert!(matches!(
+            get_doc(Some(&client), &missing, 1 << 20).await,
+            Err(FetchError::NotFound(_))
+        ));
+        assert!(matches!(
+            get_doc(Some(&client), "file:///etc/passwd", 1 << 20).await,
+            Err(FetchError::Refused(_))
+        ));
+        assert!(matches!(
+            get_doc(None, &url, 1 << 20).await,
+            Err(FetchError::Failed(_))
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

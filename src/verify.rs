@@ -972,16 +972,28 @@ impl<'de: 'a, 'a> Visitor<'de> for ResourceAccessSeed<'_, '_, 'a> {
         f.write_str("resource_access object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Roles come out in configured-client order, whatever the document order.
+        let mut parts: Vec<(usize, Vec<BStr<'a>>)> = Vec::new();
         while let Some(client) = map.next_key::<BStr<'de>>()? {
-            if self.clients.iter().any(|c| **c == *client.0) {
-                let access: Access<'de> = map.next_value()?;
-                if self.out.is_empty() {
-                    *self.out = access.roles.0;
-                } else {
-                    self.out.extend(access.roles.0);
+            match self.clients.iter().position(|c| **c == *client.0) {
+                Some(i) => {
+                    if parts.iter().any(|(j, _)| *j == i) {
+                        return Err(de::Error::custom("duplicate client in resource_access"));
+                    }
+                    let access: Access<'de> = map.next_value()?;
+                    parts.push((i, access.roles.0));
                 }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        parts.sort_by_key(|(i, _)| *i);
+        for (_, roles) in parts {
+            if self.out.is_empty() {
+                *self.out = roles;
             } else {
-                map.next_value::<IgnoredAny>()?;
+                self.out.extend(roles);
             }
         }
         Ok(())
@@ -1499,5 +1511,1180 @@ impl Verifier {
             );
         }
         Ok(identity)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::jwks::testkit::*;
+    use crate::jwks::{key_store_with_clock, JwksSettings, KeyStore};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::sync::watch;
+
+    const AUD: &str = "qa-platform-backend";
+
+    fn vs() -> VerifySettings {
+        VerifySettings {
+            audiences: vec![AUD.into()],
+            ..VerifySettings::default()
+        }
+    }
+
+    fn parse<'a>(p: &Policy, json: &'a str) -> Result<Claims<'a>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let c = ClaimsSeed { policy: p }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(c)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    // ------------------------------------------------------------------ pure: extraction
+
+    #[test]
+    fn extraction_table() {
+        use AuthError::*;
+        let big = "a".repeat(64 * 1024);
+        let bearer_big = format!("Bearer {big}");
+        let big_header = [("authorization", bearer_big.as_str())];
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+            Option<&'a str>,
+            bool,
+            Result<Option<&'a str>, AuthError>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (&[], None, None, false, Ok(None)),
+            (
+                &[("authorization", "Bearer abc.def.ghi")],
+                None,
+                None,
+                false,
+                Ok(Some("abc.def.ghi")),
+            ),
+            (
+                &[("authorization", "bearer abc")],
+                None,
+                None,
+                false,
+                Ok(Some("abc")),
+            ),
+            (
+                &[("authorization", "BEARER   abc  ")],
+                None,
+                None,
+                false,
+                Ok(Some("abc")),
+            ),
+            (
+                &[("authorization", "Bearer")],
+                None,
+                None,
+                false,
+                Err(MalformedToken),
+            ),
+            (
+                &[("authorization", "Bearer ")],
+                None,
+                None,
+                false,
+                Err(MalformedToken),
+            ),
+            (
+                &[("authorization", "Bearer a b")],
+                None,
+                None,
+                false,
+                Err(MalformedToken),
+            ),
+            (
+                &[("authorization", "Basic dXNlcjpwYXNz")],
+                None,
+                None,
+                false,
+                Err(MalformedToken),
+            ),
+            (
+                &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                None,
+                None,
+                false,
+                Err(MalformedToken),
+            ),
+            (&big_header, None, None, false, Err(TokenTooLarge)),
+            // Cookie: used only without an Authorization header; duplicates are refused.
+            (
+                &[("cookie", "a=1; rg_token=tok; b=2")],
+                Some("rg_token"),
+                None,
+                false,
+                Ok(Some("tok")),
+            ),
+            (
+                &[("cookie", "rg_token=\"tok\"")],
+                Some("rg_token"),
+                None,
+                false,
+                Ok(Some("tok")),
+            ),
+            (
+                &[("cookie", "rg_token=tok"), ("authorization", "Bearer hdr")],
+                Some("rg_token"),
+                None,
+                false,
+                Ok(Some("hdr")),
+            ),
+            (
+                &[("cookie", "rg_token=a"), ("cookie", "rg_token=b")],
+                Some("rg_token"),
+                None,
+                false,
+                Err(MalformedToken),
+            ),
+            (&[("cookie", "rg_token=tok")], None, None, false, Ok(None)),
+            (
+                &[("cookie", "other=tok")],
+                Some("rg_token"),
+                None,
+                false,
+                Ok(None),
+            ),
+            // Query: only when allowed; never together with a header token.
+            (&[], None, Some("x=1&access_token=q"), false, Ok(None)),
+            (&[], None, Some("x=1&access_token=q"), true, Ok(Some("q"))),
+            (
+                &[],
+                None,
+                Some("access_token=a&access_token=b"),
+                true,
+                Err(MalformedToken),
+            ),
+            (&[], None, Some("access_token="), true, Err(MalformedToken)),
+            (
+                &[("authorization", "Bearer h")],
+                None,
+                Some("access_token=q"),
+                true,
+                Err(MalformedToken),
+            ),
+            (
+                &[("authorization", "Bearer h")],
+                None,
+                Some("access_token=q"),
+                false,
+                Ok(Some("h")),
+            ),
+        ];
+        for (i, (hs, cookie, query, allow, want)) in cases.into_iter().enumerate() {
+            let h = headers(hs);
+            assert_eq!(
+                extract_token(&h, cookie, query, allow, 16 * 1024),
+                want,
+                "case {i}"
+            );
+        }
+        let q = format!("access_token={big}");
+        assert_eq!(
+            extract_token(&HeaderMap::new(), None, Some(&q), true, 16 * 1024),
+            Err(TokenTooLarge)
+        );
+        let h = headers(&[("cookie", &format!("t={big}"))]);
+        assert_eq!(
+            extract_token(&h, Some("t"), None, false, 16 * 1024),
+            Err(TokenTooLarge)
+        );
+    }
+
+    #[test]
+    fn error_codes_statuses_and_descriptions() {
+        use AuthError::*;
+        let all = [
+            (MissingToken, "missing_token", 401),
+            (MalformedToken, "malformed_token", 401),
+            (TokenTooLarge, "token_too_large", 401),
+            (TokenExpired, "token_expired", 401),
+            (TokenNotYetValid, "token_not_yet_valid", 401),
+            (TokenIssuedInFuture, "token_issued_in_future", 401),
+            (IssuerMismatch, "issuer_mismatch", 401),
+            (AudienceMismatch, "audience_mismatch", 401),
+            (WrongTokenType, "wrong_token_type", 401),
+            (AlgNotAllowed, "alg_not_allowed", 401),
+            (ForbiddenHeader, "forbidden_header", 401),
+            (UnknownKey, "unknown_key", 401),
+            (BadSignature, "bad_signature", 401),
+            (MissingSubject, "missing_subject", 401),
+            (
+                RealmUnavailable {
+                    retry_after_secs: 7,
+                },
+                "realm_unavailable",
+                503,
+            ),
+            (UnknownTenant, "unknown_tenant", 404),
+        ];
+        let mut codes = std::collections::HashSet::new();
+        for (e, code, status) in all {
+            assert_eq!(e.code(), code);
+            assert!(codes.insert(code), "codes are unique");
+            assert_eq!(e.http_status(), status, "{code}");
+            let d = e.description();
+            assert!(
+                !d.is_empty() && d.len() < 80 && !d.contains('"'),
+                "{code}: {d}"
+            );
+            assert_eq!(e.is_missing(), code == "missing_token");
+            match status {
+                401 if code != "missing_token" => {
+                    assert_eq!(e.bearer_error(), Some("invalid_token"))
+                }
+                _ => assert_eq!(e.bearer_error(), None),
+            }
+        }
+        assert_eq!(
+            RealmUnavailable {
+                retry_after_secs: 7
+            }
+            .retry_after_secs(),
+            Some(7)
+        );
+        assert_eq!(BadSignature.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn settings_validation() {
+        assert!(vs().validate().is_ok());
+        let errs = VerifySettings {
+            claim_headers: vec![
+                ("email".into(), "bad header".into()),
+                ("".into(), "x-a".into()),
+            ],
+            max_token_bytes: 10,
+            ..VerifySettings::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].contains("audience"));
+    }
+
+    // ------------------------------------------------------------------ pure: claims
+
+    #[test]
+    fn claim_checks_table() {
+        use AuthError::*;
+        let p = Policy::compile(vs(), 1, None);
+        let iss = "https://kc/realms/acme";
+        let now = 1_000_000u64;
+        let base = json!({
+            "iss": iss, "sub": "u1", "aud": "account", "azp": AUD, "typ": "Bearer",
+            "exp": now + 60, "iat": now, "nbf": now
+        });
+        let with = |patch: serde_json::Value| {
+            let mut v = base.clone();
+            for (k, val) in patch.as_object().unwrap() {
+                if val.is_null() {
+                    v.as_object_mut().unwrap().remove(k);
+                } else {
+                    v[k] = val.clone();
+                }
+            }
+            v.to_string()
+        };
+        let cases: Vec<(serde_json::Value, Result<(), AuthError>)> = vec![
+            (json!({}), Ok(())),
+            (
+                json!({ "iss": "https://kc/realms/other" }),
+                Err(IssuerMismatch),
+            ),
+            (
+                json!({ "iss": "https://kc/realms/acme/" }),
+                Err(IssuerMismatch),
+            ),
+            (json!({ "iss": null }), Err(IssuerMismatch)),
+            (json!({ "exp": null }), Err(MalformedToken)),
+            (json!({ "exp": now - 31 }), Err(TokenExpired)),
+            (json!({ "exp": now - 30 }), Err(TokenExpired)),
+            (json!({ "exp": now - 29 }), Ok(())),
+            (json!({ "exp": (now + 60) as f64 + 0.5 }), Ok(())),
+            (json!({ "nbf": now + 31 }), Err(TokenNotYetValid)),
+            (json!({ "nbf": now + 30 }), Ok(())),
+            (json!({ "iat": now + 31 }), Err(TokenIssuedInFuture)),
+            (json!({ "iat": now + 30 }), Ok(())),
+            (json!({ "typ": "ID" }), Err(WrongTokenType)),
+            (json!({ "typ": "Refresh" }), Err(WrongTokenType)),
+            (json!({ "typ": "bearer" }), Ok(())),
+            (json!({ "typ": null }), Ok(())),
+            (
+                json!({ "aud": "other", "azp": "other" }),
+                Err(AudienceMismatch),
+            ),
+            (json!({ "aud": ["x", AUD], "azp": "other" }), Ok(())),
+            (json!({ "aud": AUD, "azp": null }), Ok(())),
+            (json!({ "aud": null }), Ok(())),
+            (json!({ "aud": null, "azp": null }), Err(AudienceMismatch)),
+            (json!({ "sub": null }), Err(MissingSubject)),
+            (json!({ "sub": "" }), Err(MissingSubject)),
+        ];
+        for (i, (patch, want)) in cases.into_iter().enumerate() {
+            let doc = with(patch.clone());
+            let c = parse(&p, &doc).unwrap();
+            assert_eq!(check_claims(&c, &p, iss, now), want, "case {i}: {patch}");
+        }
+        // No audience configured: fail closed.
+        let empty = Policy::compile(VerifySettings::default(), 1, None);
+        let doc = with(json!({}));
+        assert_eq!(
+            check_claims(&parse(&empty, &doc).unwrap(), &empty, iss, now),
+            Err(AudienceMismatch)
+        );
+    }
+
+    #[test]
+    fn claim_parsing_is_strict_where_it_matters() {
+        let p = Policy::compile(vs(), 1, None);
+        for bad in [
+            r#"{"sub":"a","sub":"b"}"#,
+            r#"{"iss":"a","iss":"b"}"#,
+            r#"{"exp":1,"exp":2}"#,
+            r#"{"exp":-1}"#,
+            r#"{"exp":"1700000000"}"#,
+            r#"{"aud":"a","aud":"b"}"#,
+            r#"{"aud":[1]}"#,
+            r#"{"sub":5}"#,
+            r#"{"realm_access":{"roles":"admin"}}"#,
+            r#"[]"#,
+            r#"{"sub":"a"} trailing"#,
+        ] {
+            assert!(parse(&p, bad).is_err(), "{bad}");
+        }
+        let c = parse(
+            &p,
+            r#"{"exp":1.9e9,"aud":["a","b"],"email":null,"x":{"deep":[1,{"y":2}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.exp, Some(1_900_000_000));
+        assert!(c.aud.any(|a| a == "b"));
+        assert!(c.email.is_none());
+        // Escaped strings are decoded (owned), plain ones borrowed.
+        let c = parse(&p, r#"{"sub":"a\u0041","iss":"plain"}"#).unwrap();
+        assert_eq!(&*c.sub.unwrap().0, "aA");
+        assert!(matches!(c.iss.unwrap().0, Cow::Borrowed("plain")));
+    }
+
+    // ------------------------------------------------------------------ pure: identity
+
+    #[test]
+    fn header_value_helpers() {
+        for (input, max, want) in [
+            ("alice", 10, Some("alice")),
+            ("  alice ", 10, Some("alice")),
+            ("al\r\nice", 10, Some("alice")),
+            ("al\u{0}i\u{7f}ce\u{85}", 10, Some("alice")),
+            ("\t\n", 10, None),
+            ("ünïcödé", 5, Some("ünï")),
+            ("abcdef", 3, Some("abc")),
+        ] {
+            assert_eq!(sanitize(input, max).as_deref(), want, "{input:?}");
+            if let Some(v) = sanitize(input, max) {
+                assert!(HeaderValue::from_str(&v).is_ok());
+            }
+        }
+        for (input, ok) in [
+            ("admin", true),
+            (" admin", false),
+            ("ad\nmin", false),
+            ("ädmin", true),
+            ("", false),
+            ("x".repeat(11).as_str(), false),
+        ] {
+            assert_eq!(exact_clean(input, 10).is_some(), ok, "{input:?}");
+        }
+        assert_eq!(
+            join_capped(["a", "bb", "c,d", "eee", "f"].into_iter(), 8),
+            "a,bb,eee"
+        );
+    }
+
+    #[test]
+    fn identity_roles_are_clean_deduplicated_and_capped() {
+        let mut s = vs();
+        s.max_header_value_len = 40;
+        s.client_role_clients = vec![AUD.into(), "other-client".into()];
+        let p = Policy::compile(s, 1, None);
+        let doc = json!({
+            "sub": "u1",
+            "realm_access": { "roles": ["viewer", "viewer", "adm\u{0}in", "a,b", " lead", "tenant_admin", "x".repeat(41)] },
+            "resource_access": {
+                AUD: { "roles": ["agent", "viewer", "manager"] },
+                "other-client": { "roles": ["agent", "auditor"] },
+                "ignored-client": { "roles": ["root"] }
+            }
+        })
+        .to_string();
+        let c = parse(&p, &doc).unwrap();
+        let id = build_identity(&c, &p, Arc::from("iss")).unwrap();
+        assert_eq!(
+            id.realm_roles.iter().collect::<Vec<_>>(),
+            vec!["viewer", "tenant_admin"]
+        );
+        assert_eq!(
+            id.client_roles.iter().collect::<Vec<_>>(),
+            vec!["agent", "viewer", "manager", "auditor"]
+        );
+        assert_eq!(
+            id.all_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            vec!["viewer", "tenant_admin", "agent", "manager", "auditor"]
+        );
+        // 40-byte cap: whole roles only.
+        assert_eq!(id.roles_header, "viewer,tenant_admin,agent,manager");
+        assert!(id.has_role("auditor") && !id.has_role("root") && !id.has_role("admin"));
+        assert!(!id.roles().any(|r| r == "a" || r == "b"));
+        // Many roles: still deduplicated (hash-set path).
+        let many: Vec<String> = (0..200).map(|i| format!("r{}", i % 100)).collect();
+        let doc = json!({ "sub": "u", "realm_access": { "roles": many } }).to_string();
+        let id = build_identity(&parse(&p, &doc).unwrap(), &p, Arc::from("i")).unwrap();
+        assert_eq!(id.realm_roles.len(), 100);
+        assert_eq!(id.all_roles.len(), 100);
+    }
+
+    #[test]
+    fn identity_extras_and_permissions() {
+        let mut s = vs();
+        s.permissions_claim = Some("permissions".into());
+        s.claim_headers = vec![
+            ("email".into(), "x-user-email".into()),
+            ("tenant_no".into(), "x-tenant-no".into()),
+            ("verified".into(), "x-verified".into()),
+            ("groups".into(), "x-groups".into()),
+            ("address.country".into(), "x-country".into()),
+            ("https://example.com/org".into(), "x-org".into()),
+            ("missing".into(), "x-missing".into()),
+            ("obj".into(), "x-obj".into()),
+            ("evil".into(), "x-evil".into()),
+        ];
+        let p = Policy::compile(s, 1, None);
+        let doc = json!({
+            "sub": "u1", "email": "ada@example.com", "tenant_no": 42, "verified": true,
+            "groups": ["/a", "/b,c", "/d"], "address": { "country": "NZ" },
+            "https://example.com/org": "acme", "obj": { "k": 1 }, "evil": "x\r\nSet-Cookie: a=b",
+            "permissions": ["users.read.own", "bad perm\n", "users.write.team"]
+        })
+        .to_string();
+        let c = parse(&p, &doc).unwrap();
+        assert_eq!(
+            c.email.as_ref().map(|e| &*e.0),
+            Some("ada@example.com"),
+            "captured and typed"
+        );
+        let id = build_identity(&c, &p, Arc::from("iss")).unwrap();
+        let extra: Vec<(String, String)> = id
+            .extra
+            .iter()
+            .map(|(h, v)| (h.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let want = [
+            ("x-user-email", "ada@example.com"),
+            ("x-tenant-no", "42"),
+            ("x-verified", "true"),
+            ("x-groups", "/a,/d"),
+            ("x-country", "NZ"),
+            ("x-org", "acme"),
+            ("x-evil", "xSet-Cookie: a=b"),
+        ];
+        assert_eq!(
+            extra,
+            want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
+        );
+        assert_eq!(id.permissions, vec!["users.read.own", "users.write.team"]);
+        assert_eq!(id.email.as_deref(), Some("ada@example.com"));
+        // Space-separated permissions (scope-style) work too.
+        let mut s = vs();
+        s.permissions_claim = Some("scope".into());
+        let p = Policy::compile(s, 1, None);
+        let doc = json!({ "sub": "u", "scope": "openid users.read.own  admin.*.*" }).to_string();
+        let id = build_identity(&parse(&p, &doc).unwrap(), &p, Arc::from("i")).unwrap();
+        assert_eq!(
+            id.permissions,
+            vec!["openid", "users.read.own", "admin.*.*"]
+        );
+        // A subject that would need altering is refused, not rewritten.
+        let doc = json!({ "sub": "u\n1" }).to_string();
+        assert_eq!(
+            build_identity(&parse(&p, &doc).unwrap(), &p, Arc::from("i")).unwrap_err(),
+            AuthError::MissingSubject
+        );
+    }
+
+    // ------------------------------------------------------------------ integration
+
+    struct Env {
+        idp: Idp,
+        keys: Arc<KeyStore>,
+        verifier: Arc<Verifier>,
+        clock: Arc<AtomicU64>,
+        _stop: watch::Sender<bool>,
+    }
+
+    impl Env {
+        fn iss(&self, realm: &str) -> String {
+            self.idp.issuer(realm)
+        }
+        fn now(&self) -> u64 {
+            self.clock.load(Ordering::SeqCst)
+        }
+        fn advance(&self, secs: u64) {
+            self.clock.fetch_add(secs, Ordering::SeqCst);
+        }
+        fn claims(&self, realm: &str) -> serde_json::Value {
+            let mut c = claims(&self.iss(realm), self.now());
+            c["aud"] = json!(["account", AUD]);
+            c
+        }
+        async fn verify(&self, realm: &str, token: &str) -> Result<Arc<Identity>, AuthError> {
+            self.verifier.verify("t-test", realm, token).await
+        }
+    }
+
+    async fn env_with(
+        realms: &[(&str, Vec<serde_json::Value>)],
+        statics: &[&str],
+        tweak: impl FnOnce(&mut JwksSettings),
+        verify: VerifySettings,
+    ) -> Env {
+        let idp = Idp::start().await;
+        for (r, keys) in realms {
+            idp.set_keys(r, keys.clone());
+        }
+        let mut settings = test_settings(&idp.base);
+        tweak(&mut settings);
+        let (clock, handle) = manual_clock(wall());
+        let (keys, refresher) = key_store_with_clock(
+            settings,
+            statics.iter().map(|s| s.to_string()).collect(),
+            clock,
+        );
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(refresher.run(rx));
+        let verifier = Arc::new(Verifier::new(keys.clone(), verify));
+        let env = Env {
+            idp,
+            keys,
+            verifier,
+            clock: handle,
+            _stop: tx,
+        };
+        assert!(
+            wait_until(|| async { env.keys.describe().iter().all(|r| r.state != "not_loaded") })
+                .await
+        );
+        env
+    }
+
+    async fn env(realms: &[(&str, Vec<serde_json::Value>)]) -> Env {
+        let statics: Vec<&str> = realms.iter().map(|(r, _)| *r).collect();
+        env_with(realms, &statics, |_| {}, vs()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn valid_token_yields_identity_and_hits_the_cache() {
+        let e = env(&[("v-ok", vec![rsa_a().jwk("k1")])]).await;
+        let t = mint(&rsa_a(), Some("k1"), &e.claims("v-ok"));
+        let id = e.verify("v-ok", &t).await.unwrap();
+        assert_eq!(id.sub, "f81d4fae-7dec-11d0-a765-00a0c91e6bf6");
+        assert_eq!(id.preferred_username.as_deref(), Some("ada"));
+        assert_eq!(id.email.as_deref(), Some("ada@acme.example.com"));
+        assert_eq!(
+            id.realm_roles.iter().collect::<Vec<_>>(),
+            vec!["offline_access", "tenant_admin"]
+        );
+        assert_eq!(
+            id.client_roles.iter().collect::<Vec<_>>(),
+            vec!["agent", "viewer"]
+        );
+        assert_eq!(id.roles_header, "offline_access,tenant_admin,agent,viewer");
+        assert_eq!(&*id.issuer, e.iss("v-ok"));
+        assert_eq!(id.azp.as_deref(), Some(AUD));
+        assert_eq!(id.exp, e.now() + 300);
+        let again = e.verify("v-ok", &t).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&id, &again),
+            "second verification is a cache hit"
+        );
+        // A tampered copy of a cached token never hits.
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let (h, payload) = head.split_once('.').unwrap();
+        let mut claims = e.claims("v-ok");
+        claims["sub"] = json!("someone-else");
+        let forged = format!("{h}.{}.{sig}", b64(claims.to_string().as_bytes()));
+        assert_eq!(
+            e.verify("v-ok", &forged).await.unwrap_err(),
+            AuthError::BadSignature
+        );
+        let _ = payload;
+        // Garbage never panics.
+        for junk in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b.c.d.e",
+            &format!("{h}.%%%.{sig}"),
+            &format!("{h}..{sig}"),
+        ] {
+            assert_eq!(
+                e.verify("v-ok", junk).await.unwrap_err(),
+                AuthError::MalformedToken,
+                "{junk}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expiry_nbf_iat_and_cached_expiry() {
+        let e = env_with(
+            &[("v-time", vec![rsa_a().jwk("k1")])],
+            &["v-time"],
+            |_| {},
+            VerifySettings {
+                leeway: Duration::ZERO,
+                ..vs()
+            },
+        )
+        .await;
+        let now = e.now();
+        let mut c = e.claims("v-time");
+        c["exp"] = json!(now - 1);
+        assert_eq!(
+            e.verify("v-time", &mint(&rsa_a(), Some("k1"), &c))
+                .await
+                .unwrap_err(),
+            AuthError::TokenExpired
+        );
+        let mut c = e.claims("v-time");
+        c["nbf"] = json!(now + 5);
+        assert_eq!(
+            e.verify("v-time", &mint(&rsa_a(), Some("k1"), &c))
+                .await
+                .unwrap_err(),
+            AuthError::TokenNotYetValid
+        );
+        let mut c = e.claims("v-time");
+        c["iat"] = json!(now + 5);
+        assert_eq!(
+            e.verify("v-time", &mint(&rsa_a(), Some("k1"), &c))
+                .await
+                .unwrap_err(),
+            AuthError::TokenIssuedInFuture
+        );
+        // A cached token stops working at exp, exactly like an uncached one.
+        let mut c = e.claims("v-time");
+        c["exp"] = json!(now + 10);
+        let t = mint(&rsa_a(), Some("k1"), &c);
+        let id = e.verify("v-time", &t).await.unwrap();
+        e.advance(9);
+        assert!(Arc::ptr_eq(&id, &e.verify("v-time", &t).await.unwrap()));
+        e.advance(1);
+        assert_eq!(
+            e.verify("v-time", &t).await.unwrap_err(),
+            AuthError::TokenExpired
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn realms_never_share_tokens_or_keys() {
+        // Same kid in both realms, different keys.
+        let e = env(&[
+            ("x-a", vec![rsa_a().jwk("k1")]),
+            ("x-b", vec![rsa_b().jwk("k1")]),
+        ])
+        .await;
+        tokio::time::sleep(Duration::from_millis(350)).await; // past min_refetch_interval
+        let token_a = mint(&rsa_a(), Some("k1"), &e.claims("x-a"));
+        let id = e.verify("x-a", &token_a).await.unwrap();
+        assert_eq!(&*id.issuer, e.iss("x-a"));
+        // Realm A's (cached) token on realm B's host.
+        assert_eq!(
+            e.verify("x-b", &token_a).await.unwrap_err(),
+            AuthError::IssuerMismatch
+        );
+        // A token claiming realm B but signed with realm A's key under the shared kid.
+        let hits = e.idp.hits("certs", "x-b");
+        let forged = mint(&rsa_a(), Some("k1"), &e.claims("x-b"));
+        assert_eq!(
+            e.verify("x-b", &forged).await.unwrap_err(),
+            AuthError::BadSignature
+        );
+        assert_eq!(
+            e.idp.hits("certs", "x-b"),
+            hits,
+            "a known kid with a bad signature never refetches"
+        );
+        let real_b = mint(&rsa_b(), Some("k1"), &e.claims("x-b"));
+        assert!(e.verify("x-b", &real_b).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn algorithm_confusion_and_forbidden_headers_are_refused() {
+        let e = env(&[("v-alg", vec![rsa_a().jwk("k1")])]).await;
+        let c = e.claims("v-alg");
+        let body = b64(c.to_string().as_bytes());
+        // alg none, with and without a signature segment.
+        for h in [
+            json!({ "alg": "none", "kid": "k1" }),
+            json!({ "alg": "None" }),
+            json!({ "kid": "k1" }),
+        ] {
+            let t = format!("{}.{body}.", b64(h.to_string().as_bytes()));
+            let err = e.verify("v-alg", &t).await.unwrap_err();
+            assert!(
+                matches!(err, AuthError::AlgNotAllowed | AuthError::MalformedToken),
+                "{h}: {err:?}"
+            );
+        }
+        // HS256 keyed with the realm's public key (PEM, and the raw modulus bytes).
+        let pem = rsa_a().public_pem;
+        for secret in [pem.as_bytes().to_vec(), pem.trim().as_bytes().to_vec()] {
+            let hs = TestKey {
+                enc: jsonwebtoken::EncodingKey::from_secret(&secret),
+                alg: jsonwebtoken::Algorithm::HS256,
+                public_pem: pem,
+            };
+            let t = mint(&hs, Some("k1"), &c);
+            assert_eq!(
+                e.verify("v-alg", &t).await.unwrap_err(),
+                AuthError::AlgNotAllowed
+            );
+        }
+        // Allowed family, not allowed for this realm (RS256 only): PS256, ES256.
+        let ps = mint_with_header(&rsa_a(), &json!({ "alg": "PS256", "kid": "k1" }), &c);
+        assert_eq!(
+            e.verify("v-alg", &ps).await.unwrap_err(),
+            AuthError::AlgNotAllowed
+        );
+        let es = mint(&ec(), Some("k1"), &c);
+        assert_eq!(
+            e.verify("v-alg", &es).await.unwrap_err(),
+            AuthError::AlgNotAllowed
+        );
+        // Key-in-token and critical extensions.
+        for extra in [
+            json!({ "jku": "https://evil.example/jwks" }),
+            json!({ "x5u": "https://evil.example/cert" }),
+            json!({ "jwk": rsa_b().jwk("k1") }),
+            json!({ "x5c": ["MIIB"] }),
+            json!({ "crit": ["exp"], "exp": 1 }),
+            json!({ "jku": null }),
+        ] {
+            let mut h = json!({ "alg": "RS256", "kid": "k1" });
+            for (k, v) in extra.as_object().unwrap() {
+                h[k] = v.clone();
+            }
+            let t = mint_with_header(&rsa_a(), &h, &c);
+            assert_eq!(
+                e.verify("v-alg", &t).await.unwrap_err(),
+                AuthError::ForbiddenHeader,
+                "{extra}"
+            );
+        }
+        // And the same realm with a plain header verifies.
+        assert!(e
+            .verify("v-alg", &mint(&rsa_a(), Some("k1"), &c))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ec_and_eddsa_tokens_verify_when_allowed() {
+        let e = env_with(
+            &[(
+                "v-ec",
+                vec![ec().jwk("e1"), ed().jwk("d1"), rsa_a().jwk("r1")],
+            )],
+            &["v-ec"],
+            |s| {
+                s.algorithms = vec![
+                    crate::jwks::Alg::ES256,
+                    crate::jwks::Alg::EdDSA,
+                    crate::jwks::Alg::RS256,
+                ]
+            },
+            vs(),
+        )
+        .await;
+        let c = e.claims("v-ec");
+        assert!(e.verify("v-ec", &mint(&ec(), Some("e1"), &c)).await.is_ok());
+        assert!(e.verify("v-ec", &mint(&ed(), Some("d1"), &c)).await.is_ok());
+        assert!(e
+            .verify("v-ec", &mint(&rsa_a(), Some("r1"), &c))
+            .await
+            .is_ok());
+        // The right alg with the wrong key type.
+        let t = mint_with_header(&rsa_a(), &json!({ "alg": "RS256", "kid": "e1" }), &c);
+        assert_eq!(
+            e.verify("v-ec", &t).await.unwrap_err(),
+            AuthError::AlgNotAllowed
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_types_sizes_and_subjects() {
+        let e = env(&[("v-typ", vec![rsa_a().jwk("k1")])]).await;
+        for (typ, want) in [
+            ("ID", Err(AuthError::WrongTokenType)),
+            ("Refresh", Err(AuthError::WrongTokenType)),
+            ("Bearer", Ok(())),
+        ] {
+            let mut c = e.claims("v-typ");
+            c["typ"] = json!(typ);
+            let got = e
+                .verify("v-typ", &mint(&rsa_a(), Some("k1"), &c))
+                .await
+                .map(|_| ());
+            assert_eq!(got, want, "{typ}");
+        }
+        let mut c = e.claims("v-typ");
+        c.as_object_mut().unwrap().remove("sub");
+        assert_eq!(
+            e.verify("v-typ", &mint(&rsa_a(), Some("k1"), &c))
+                .await
+                .unwrap_err(),
+            AuthError::MissingSubject
+        );
+        let mut c = e.claims("v-typ");
+        c["aud"] = json!("account");
+        c["azp"] = json!("another-app");
+        assert_eq!(
+            e.verify("v-typ", &mint(&rsa_a(), Some("k1"), &c))
+                .await
+                .unwrap_err(),
+            AuthError::AudienceMismatch
+        );
+        let huge = format!(
+            "{}.{}.{}",
+            "a".repeat(22 * 1024),
+            "b".repeat(22 * 1024),
+            "c".repeat(22 * 1024)
+        );
+        assert_eq!(
+            e.verify("v-typ", &huge).await.unwrap_err(),
+            AuthError::TokenTooLarge
+        );
+        assert_eq!(e.verifier.extract_token(&HeaderMap::new(), None), Ok(None));
+        let h = headers(&[("authorization", &format!("Bearer {huge}"))]);
+        assert_eq!(
+            e.verifier.extract_token(&h, None),
+            Err(AuthError::TokenTooLarge)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_kid_refetches_once_and_then_verifies() {
+        let e = env(&[("v-rot", vec![rsa_a().jwk("k1")])]).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let before = e.idp.hits("certs", "v-rot");
+        e.idp
+            .set_keys("v-rot", vec![rsa_a().jwk("k1"), rsa_b().jwk("k2")]);
+        let t = mint(&rsa_b(), Some("k2"), &e.claims("v-rot"));
+        assert!(e.verify("v-rot", &t).await.is_ok());
+        assert_eq!(e.idp.hits("certs", "v-rot"), before + 1);
+        // Cheap checks gate refetches: a wrong-issuer or expired token with an unknown kid
+        // never reaches the IdP.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let mut c = e.claims("v-rot");
+        c["iss"] = json!("https://elsewhere/realms/v-rot");
+        let t = mint(&rsa_c(), Some("k9"), &c);
+        assert_eq!(
+            e.verify("v-rot", &t).await.unwrap_err(),
+            AuthError::IssuerMismatch
+        );
+        let mut c = e.claims("v-rot");
+        c["exp"] = json!(e.now() - 3600);
+        assert_eq!(
+            e.verify("v-rot", &mint(&rsa_c(), Some("k9"), &c))
+                .await
+                .unwrap_err(),
+            AuthError::TokenExpired
+        );
+        assert_eq!(e.idp.hits("certs", "v-rot"), before + 1);
+        // A kid-less token never triggers a fetch either.
+        let t = mint(&rsa_c(), None, &e.claims("v-rot"));
+        assert_eq!(
+            e.verify("v-rot", &t).await.unwrap_err(),
+            AuthError::UnknownKey
+        );
+        assert_eq!(e.idp.hits("certs", "v-rot"), before + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kid_miss_storm_causes_at_most_one_fetch() {
+        let e = env_with(
+            &[("v-storm", vec![rsa_a().jwk("k1")])],
+            &["v-storm"],
+            |s| s.min_refetch_interval = Duration::from_secs(2),
+            vs(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(2100)).await; // a refetch is allowed now
+        let before = e.idp.hits("certs", "v-storm");
+        let body = b64(e.claims("v-storm").to_string().as_bytes());
+        let mut tasks = Vec::new();
+        for i in 0..2000u32 {
+            let kid = format!("rnd-{i}-{}", rand::random::<u64>());
+            let h = b64(json!({ "alg": "RS256", "kid": kid }).to_string().as_bytes());
+            let t = format!("{h}.{body}.c2ln");
+            let v = e.verifier.clone();
+            tasks.push(tokio::spawn(async move {
+                v.verify("t-storm", "v-storm", &t).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap_err(), AuthError::UnknownKey);
+        }
+        assert_eq!(
+            e.idp.hits("certs", "v-storm"),
+            before + 1,
+            "exactly one fetch for the whole storm"
+        );
+        // Within the interval, more misses cost nothing at the IdP.
+        let h = b64(json!({ "alg": "RS256", "kid": "late" })
+            .to_string()
+            .as_bytes());
+        let started = std::time::Instant::now();
+        assert_eq!(
+            e.verify("v-storm", &format!("{h}.{body}.c2ln"))
+                .await
+                .unwrap_err(),
+            AuthError::UnknownKey
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "denied without waiting"
+        );
+        assert_eq!(e.idp.hits("certs", "v-storm"), before + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idp_down_known_keys_keep_working_until_max_stale() {
+        let e = env_with(
+            &[("v-down", vec![rsa_a().jwk("k1")])],
+            &["v-down"],
+            |s| {
+                s.refresh = Duration::from_millis(100);
+                s.max_stale = Duration::from_secs(3600);
+            },
+            vs(),
+        )
+        .await;
+        let cached = mint(&rsa_a(), Some("k1"), &e.claims("v-down"));
+        e.verify("v-down", &cached).await.unwrap();
+        e.idp.set_mode("v-down", Mode::Fail);
+        assert!(
+            wait_until(|| async {
+                crate::jwks::testkit::state_of(&e.keys, "v-down")
+                    .unwrap()
+                    .last_error
+                    .is_some()
+            })
+            .await
+        );
+        let mut c = e.claims("v-down");
+        c["jti"] = json!("fresh");
+        let fresh = mint(&rsa_a(), Some("k1"), &c);
+        assert!(
+            e.verify("v-down", &fresh).await.is_ok(),
+            "last-good keys still verify"
+        );
+        assert!(e.verify("v-down", &cached).await.is_ok());
+        // Past max_stale the realm's keys are unusable: 503, cached tokens included.
+        e.advance(3601);
+        for t in [&cached, &fresh] {
+            let err = e.verify("v-down", t).await.unwrap_err();
+            assert_eq!(err.code(), "realm_unavailable");
+            assert_eq!(err.http_status(), 503);
+            assert!(err.retry_after_secs().unwrap() >= 1);
+        }
+        assert!(!e.keys.static_realms_ready());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unavailable_and_unknown_realms() {
+        let idp = Idp::start().await;
+        for r in ["v-off", "v-dyn"] {
+            idp.set_keys(r, vec![rsa_a().jwk("k1")]);
+        }
+        idp.set_mode("v-off", Mode::Fail);
+        let (keys, _stop) = start_store(
+            test_settings(&idp.base),
+            &["v-off"],
+            crate::jwks::system_clock(),
+        );
+        let v = Verifier::new(keys, vs());
+        let t = |realm: &str| {
+            let mut c = claims(&idp.issuer(realm), wall());
+            c["aud"] = json!(AUD);
+            mint(&rsa_a(), Some("k1"), &c)
+        };
+        // Never loaded + IdP down -> 503 with a retry hint, not 401.
+        let err = v.verify("t", "v-off", &t("v-off")).await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("realm_unavailable", 503));
+        assert!(err.retry_after_secs().is_some());
+        // Dynamic realm the IdP knows: loads lazily on first use and verifies.
+        assert!(v.verify("t", "v-dyn", &t("v-dyn")).await.is_ok());
+        // Dynamic realm the IdP doesn't know: 404 unknown_tenant, negatively cached.
+        let err = v.verify("t", "v-ghost", &t("v-ghost")).await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("unknown_tenant", 404));
+        let hits = idp.total_hits();
+        assert_eq!(
+            v.verify("t", "v-ghost", &t("v-ghost")).await.unwrap_err(),
+            AuthError::UnknownTenant
+        );
+        assert_eq!(idp.total_hits(), hits, "negative cache: no second fetch");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discovery_issuer_mismatch_makes_the_realm_unavailable() {
+        let idp = Idp::start().await;
+        idp.set_keys("v-evil", vec![rsa_a().jwk("k1")]);
+        idp.set_mode("v-evil", Mode::WrongIssuer);
+        let (keys, _stop) = start_store(
+            test_settings(&idp.base),
+            &["v-evil"],
+            crate::jwks::system_clock(),
+        );
+        let v = Verifier::new(keys, vs());
+        let t = mint(&rsa_a(), Some("k1"), &claims(&idp.issuer("v-evil"), wall()));
+        let mut t_claims = claims(&idp.issuer("v-evil"), wall());
+        t_claims["aud"] = json!(AUD);
+        let t2 = mint(&rsa_a(), Some("k1"), &t_claims);
+        for tok in [t, t2] {
+            assert_eq!(
+                v.verify("t", "v-evil", &tok).await.unwrap_err().code(),
+                "realm_unavailable"
+            );
+        }
+        assert_eq!(idp.hits("certs", "v-evil"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removed_kid_revokes_cached_tokens() {
+        let e = env_with(
+            &[("v-rev", vec![rsa_a().jwk("k1"), rsa_b().jwk("k2")])],
+            &["v-rev"],
+            |s| s.refresh = Duration::from_millis(100),
+            vs(),
+        )
+        .await;
+        let t1 = mint(&rsa_a(), Some("k1"), &e.claims("v-rev"));
+        let t2 = mint(&rsa_b(), Some("k2"), &e.claims("v-rev"));
+        let id1 = e.verify("v-rev", &t1).await.unwrap();
+        e.verify("v-rev", &t2).await.unwrap();
+        e.idp.set_keys("v-rev", vec![rsa_a().jwk("k1")]);
+        assert!(
+            wait_until(|| async {
+                crate::jwks::testkit::state_of(&e.keys, "v-rev")
+                    .unwrap()
+                    .kids
+                    == vec!["k1".to_string()]
+            })
+            .await
+        );
+        assert_eq!(
+            e.verify("v-rev", &t2).await.unwrap_err(),
+            AuthError::UnknownKey
+        );
+        let again = e.verify("v-rev", &t1).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&id1, &again),
+            "routine refreshes keep unchanged keys' cached tokens"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn evicted_realm_and_policy_reload_invalidate_the_cache() {
+        let e = env_with(
+            &[
+                ("d-1", vec![rsa_a().jwk("k1")]),
+                ("d-2", vec![rsa_a().jwk("k1")]),
+            ],
+            &[],
+            |s| s.max_dynamic_realms = 1,
+            vs(),
+        )
+        .await;
+        let t1 = mint(&rsa_a(), Some("k1"), &e.claims("d-1"));
+        let id = e.verify("d-1", &t1).await.unwrap();
+        assert!(Arc::ptr_eq(&id, &e.verify("d-1", &t1).await.unwrap()));
+        e.verify("d-2", &mint(&rsa_a(), Some("k1"), &e.claims("d-2")))
+            .await
+            .unwrap(); // evicts d-1
+        let reloaded = e.verify("d-1", &t1).await.unwrap();
+        assert!(
+            !Arc::ptr_eq(&id, &reloaded),
+            "eviction dropped the cached verification"
+        );
+        // Unchanged settings keep the cache; changed ones re-verify under the new policy.
+        e.verifier.update_settings(vs());
+        assert!(Arc::ptr_eq(&reloaded, &e.verify("d-1", &t1).await.unwrap()));
+        e.verifier.update_settings(VerifySettings {
+            audiences: vec!["some-other-api".into()],
+            ..vs()
+        });
+        assert_eq!(
+            e.verify("d-1", &t1).await.unwrap_err(),
+            AuthError::AudienceMismatch
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kidless_tokens_and_disabled_cache() {
+        let mut bare = rsa_a().jwk("x");
+        bare.as_object_mut().unwrap().remove("kid");
+        let e = env_with(
+            &[("v-nokid", vec![bare])],
+            &["v-nokid"],
+            |_| {},
+            VerifySettings {
+                token_cache_capacity: 0,
+                ..vs()
+            },
+        )
+        .await;
+        let t = mint(&rsa_a(), None, &e.claims("v-nokid"));
+        let a = e.verify("v-nokid", &t).await.unwrap();
+        let b = e.verify("v-nokid", &t).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &b), "no cache: verified afresh");
+        assert_eq!(*a, *b);
+        assert_eq!(
+            e.verify("v-nokid", &mint(&rsa_b(), None, &e.claims("v-nokid")))
+                .await
+                .unwrap_err(),
+            AuthError::BadSignature
+        );
+    }
+
+    #[test]
+    fn verifier_is_send_and_sync_and_futures_are_send() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Verifier>();
+        send_sync::<KeyStore>();
+        fn send<T: Send>(_: &T) {}
+        let (keys, _r) = crate::jwks::key_store(JwksSettings::default(), vec![]);
+        let v = Verifier::new(keys, vs());
+        let fut = v.verify("t", "r", "x.y.z");
+        send(&fut);
     }
 }
