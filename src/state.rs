@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::assertion::AssertionKey;
 use crate::authz::PermissionSet;
 use crate::config::RuntimeConfig;
 use crate::grants::GrantStore;
@@ -19,6 +20,9 @@ pub struct Shared {
     pub keys: Arc<KeyStore>,
     pub verifier: Verifier,
     pub grants: Arc<GrantStore<PermissionSet>>,
+    /// The identity-assertion signing key, chosen at start (loaded or generated) so the
+    /// published JWKS survives reloads; `None` when the feature was off at start.
+    pub assertion: Option<AssertionKey>,
     /// Set when graceful shutdown starts, so `/readyz` turns away new traffic first.
     draining: AtomicBool,
 }
@@ -30,11 +34,18 @@ impl Shared {
         let (keys, refresher) = key_store(config.jwks.clone(), config.static_realms.clone());
         let verifier = Verifier::new(keys.clone(), config.verify.clone());
         let grants = GrantStore::new(config.grants.clone()).map_err(|e| format!("redis: {e}"))?;
+        let assertion = config
+            .assertion
+            .as_ref()
+            .map(AssertionKey::for_settings)
+            .transpose()
+            .map_err(|e| format!("assertion: {e}"))?;
         let shared = Arc::new(Self {
             config: ArcSwap::from_pointee(config),
             keys,
             verifier,
             grants,
+            assertion,
             draining: AtomicBool::new(false),
         });
         Ok((shared, refresher))
@@ -65,6 +76,17 @@ impl Shared {
             tracing::warn!(
                 "redis settings changed: they take effect at the next restart or upgrade"
             );
+        }
+        if let Some(a) = &new.assertion {
+            match &self.assertion {
+                None => tracing::warn!(
+                    "assertion enabled: the signing key is created at start, so the header is added after the next restart"
+                ),
+                Some(k) if k.source() != a.key_file.as_deref() => tracing::warn!(
+                    "assertion.key_file changed: the signing key changes at the next restart"
+                ),
+                Some(_) => {}
+            }
         }
         crate::metrics::metrics()
             .tenants
