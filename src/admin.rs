@@ -52,6 +52,20 @@ impl AdminApp {
                     .body(body)
                     .unwrap_or_default()
             }
+            // realmgate's identity-assertion key, for backends that verify the assertion.
+            "/.well-known/jwks.json" => match &self.shared.assertion {
+                Some(key) => {
+                    let body = key.jwks_json().to_vec();
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .header(http::header::CONTENT_LENGTH, body.len())
+                        .header(http::header::CACHE_CONTROL, "public, max-age=300")
+                        .body(body)
+                        .unwrap_or_default()
+                }
+                None => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+            },
             _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
         }
     }

@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod assertion;
 pub mod authz;
 pub mod config;
 pub mod demo;

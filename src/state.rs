@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::assertion::AssertionKey;
 use crate::authz::PermissionSet;
 use crate::config::raw::{RawConfig, TenantSection};
 use crate::config::{ConfigError, RuntimeConfig};
@@ -22,6 +23,9 @@ pub struct Shared {
     pub keys: Arc<KeyStore>,
     pub verifier: Verifier,
     pub grants: Arc<GrantStore<PermissionSet>>,
+    /// The identity-assertion signing key, chosen at start (loaded or generated) so the
+    /// published JWKS survives reloads; `None` when the feature was off at start.
+    pub assertion: Option<AssertionKey>,
     /// Set when graceful shutdown starts, so `/readyz` turns away new traffic first.
     draining: AtomicBool,
     /// The file's config (before run-time tenants are merged in) and where it came from.
@@ -38,6 +42,12 @@ impl Shared {
         let verifier = Verifier::new(keys.clone(), config.verify.clone());
         let grants = GrantStore::new(config.grants.clone()).map_err(|e| format!("redis: {e}"))?;
         let base = Mutex::new((config.raw.clone(), config.source.clone()));
+        let assertion = config
+            .assertion
+            .as_ref()
+            .map(AssertionKey::for_settings)
+            .transpose()
+            .map_err(|e| format!("assertion: {e}"))?;
         let shared = Arc::new(Self {
             base,
             runtime_tenants: Mutex::new(Vec::new()),
@@ -45,6 +55,7 @@ impl Shared {
             keys,
             verifier,
             grants,
+            assertion,
             draining: AtomicBool::new(false),
         });
         Ok((shared, refresher))
@@ -75,6 +86,17 @@ impl Shared {
             tracing::warn!(
                 "redis settings changed: they take effect at the next restart or upgrade"
             );
+        }
+        if let Some(a) = &new.assertion {
+            match &self.assertion {
+                None => tracing::warn!(
+                    "assertion enabled: the signing key is created at start, so the header is added after the next restart"
+                ),
+                Some(k) if k.source() != a.key_file.as_deref() => tracing::warn!(
+                    "assertion.key_file changed: the signing key changes at the next restart"
+                ),
+                Some(_) => {}
+            }
         }
         crate::metrics::metrics()
             .tenants

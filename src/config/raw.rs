@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub logging: LoggingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub assertion: AssertionSection,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -475,6 +477,35 @@ impl Default for MetricsSection {
     fn default() -> Self {
         Self {
             tenant_label_cap: 100,
+        }
+    }
+}
+
+/// Signed identity assertion (off by default): a short-lived ES256 JWT header that lets a
+/// backend prove the identity headers came from realmgate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionSection {
+    pub enabled: bool,
+    pub header: String,
+    /// Lifetime of each assertion (`exp - iat`), whole seconds.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    pub issuer: String,
+    pub audience: String,
+    /// PKCS#8 PEM EC P-256 private key; without it a fresh key is generated at start.
+    pub key_file: Option<String>,
+}
+
+impl Default for AssertionSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            header: "X-Identity-Assertion".into(),
+            ttl: d(60),
+            issuer: "realmgate".into(),
+            audience: "backend".into(),
+            key_file: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use super::raw::{self, RawConfig};
 use super::ConfigError;
+use crate::assertion::{AssertionKey, AssertionSettings};
 use crate::authz::{
     Catalog, DefaultPolicy, MatchMode, RoleMap, RoleSource, RouteRule, RouteSpec, RouteTable,
     Scopes, SlashPolicy,
@@ -69,6 +70,8 @@ pub struct RuntimeConfig {
     pub grants: Option<GrantSettings>,
     /// Realms of statically configured tenants (preloaded; readiness waits for them).
     pub static_realms: Vec<String>,
+    /// Signed identity assertion; `None` when disabled (the request path's only check).
+    pub assertion: Option<AssertionSettings>,
 }
 
 impl RuntimeConfig {
@@ -274,6 +277,15 @@ impl RuntimeConfig {
         if h.max_value_len < 16 {
             e.push("headers.max_value_len", "must be at least 16");
         }
+        let assertion = compile_assertion(&raw.assertion, &mut e);
+        // The assertion header is always realmgate's: a configured name is stripped like the
+        // default one, so a client can never inject an assertion.
+        let strip: Vec<String> = h
+            .strip
+            .iter()
+            .chain(std::iter::once(&raw.assertion.header))
+            .cloned()
+            .collect();
         let headers = HeaderPolicy::new(HeaderNames {
             tenant: &h.tenant,
             realm: &h.realm,
@@ -283,7 +295,7 @@ impl RuntimeConfig {
             roles: &h.roles,
             scope: &h.scope,
             request_id: &h.request_id,
-            strip: &h.strip,
+            strip: &strip,
             strip_prefixes: &h.strip_prefixes,
             claims: h
                 .claims
@@ -448,6 +460,7 @@ impl RuntimeConfig {
                     verify,
                     grants,
                     static_realms,
+                    assertion,
                     raw,
                     source,
                 })
@@ -455,6 +468,47 @@ impl RuntimeConfig {
             _ => Err(ConfigError { errors: e.0 }),
         }
     }
+}
+
+/// Validates the `assertion` section; `None` when disabled. A configured key file is parsed
+/// here so `realmgate check` catches a bad key before a start.
+fn compile_assertion(a: &raw::AssertionSection, e: &mut Errors) -> Option<AssertionSettings> {
+    if !a.enabled {
+        return None;
+    }
+    let header = crate::headers::parse_header_name(&a.header)
+        .map_err(|m| e.push("assertion.header", m))
+        .ok();
+    if a.ttl.as_secs() == 0 || a.ttl.subsec_nanos() != 0 {
+        e.push(
+            "assertion.ttl",
+            "must be a whole number of seconds, at least 1s",
+        );
+    } else if a.ttl > Duration::from_secs(3600) {
+        e.push(
+            "assertion.ttl",
+            "must be at most 1h (assertions are short-lived)",
+        );
+    }
+    if a.issuer.trim().is_empty() {
+        e.push("assertion.issuer", "must not be empty");
+    }
+    if a.audience.trim().is_empty() {
+        e.push("assertion.audience", "must not be empty");
+    }
+    let key_file = a.key_file.as_ref().map(PathBuf::from);
+    if let Some(path) = &key_file {
+        if let Err(err) = AssertionKey::from_file(path) {
+            e.push("assertion.key_file", err);
+        }
+    }
+    Some(AssertionSettings {
+        header: header?,
+        ttl_secs: a.ttl.as_secs(),
+        issuer: a.issuer.clone(),
+        audience: a.audience.clone(),
+        key_file,
+    })
 }
 
 struct Authz {

@@ -495,6 +495,26 @@ impl ProxyHttp for Gateway {
             if cfg.raw.keycloak.strip_authorization {
                 upstream.remove_header(&http::header::AUTHORIZATION);
             }
+            // Signed identity assertion: one ES256 signature when on, one `Option` check when off.
+            if let (Some(a), Some(key)) = (&cfg.assertion, &self.shared.assertion) {
+                let path = String::from_utf8_lossy(upstream.raw_path());
+                let claims = crate::assertion::Assertion {
+                    tenant: &tenant.id,
+                    realm: &tenant.realm,
+                    sub: &id.sub,
+                    roles: &id.all_roles,
+                    scope: ctx.scope.as_deref(),
+                    method: upstream.method.as_str(),
+                    path: &path,
+                    request_id: ctx.request_id_str(),
+                };
+                let token = key
+                    .sign(a, &claims, crate::assertion::unix_now())
+                    .map_err(|e| {
+                        Error::because(ErrorType::InternalError, "identity assertion", e)
+                    })?;
+                upstream.insert_header(a.header.clone(), token)?;
+            }
         }
         upstream.insert_header(h.realm.clone(), &*tenant.realm)?;
         if let Some(id) = &ctx.request_id {
