@@ -18,7 +18,9 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::authz::{canonicalize, match_layered, Access, DefaultPolicy, PermissionSet, RouteRule};
+use crate::authz::{
+    canonicalize, match_layered, Access, DefaultPolicy, PermissionSet, RouteRule, ScopeId,
+};
 use crate::config::RuntimeConfig;
 use crate::grants::GrantSource;
 use crate::headers::{header_value, is_valid_request_id, new_request_id};
@@ -56,11 +58,11 @@ pub struct RequestCtx {
     /// The verified caller (absent on public routes).
     identity: Option<Arc<Identity>>,
     /// Widest scope held for the route's permission, forwarded as `X-Auth-Scope`.
-    scope: Option<Box<str>>,
+    scope: Option<ScopeId>,
     /// The canonical request target, when it differs from what the client sent.
     forward_target: Option<Vec<u8>>,
     /// Route id (`routes[3]`) for logs.
-    route: Option<Box<str>>,
+    route: Option<RouteRef>,
     /// allow, deny, public, shadow_deny, ...
     decision: &'static str,
     /// Set when the gateway answered instead of the upstream.
@@ -69,7 +71,34 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
 }
 
+/// Which rule matched, by position, so the context holds no copy of its id.
+#[derive(Clone, Copy)]
+struct RouteRef {
+    tenant_table: bool,
+    index: usize,
+}
+
 impl RequestCtx {
+    /// The matched rule's id (`routes[3]`, `tenants[1].routes[0]`) for logs, or "".
+    fn route_id(&self) -> &str {
+        let (Some(r), Some(cfg), Some(t)) = (self.route, &self.config, &self.tenant) else {
+            return "";
+        };
+        let table = if r.tenant_table {
+            cfg.tenant_routes(t)
+        } else {
+            Some(&cfg.routes)
+        };
+        table
+            .and_then(|t| t.rules().get(r.index))
+            .map(|r| r.id())
+            .unwrap_or("")
+    }
+
+    fn scope_name(&self) -> Option<&str> {
+        Some(self.config.as_ref()?.catalog.scopes().name(self.scope?))
+    }
+
     fn request_id_str(&self) -> Option<&str> {
         self.request_id.as_ref().and_then(|v| v.to_str().ok())
     }
@@ -126,7 +155,7 @@ impl Gateway {
             target: "realmgate::audit",
             request_id = ctx.request_id_str().unwrap_or(""),
             tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
-            route = ctx.route.as_deref().unwrap_or(""),
+            route = ctx.route_id(),
             would_be = r.code,
             "shadow mode: request passed that enforcement would refuse"
         );
@@ -197,7 +226,7 @@ fn audit_token_failure(ctx: &RequestCtx, tenant: &Tenant, e: &AuthError) {
         request_id = ctx.request_id_str().unwrap_or(""),
         tenant = &*tenant.id,
         realm = &*tenant.realm,
-        route = ctx.route.as_deref().unwrap_or(""),
+        route = ctx.route_id(),
         decision = "unauthenticated",
         reason = e.code(),
         "token refused"
@@ -217,7 +246,7 @@ fn audit_decision(
         tenant = &*tenant.id,
         realm = &*tenant.realm,
         sub = %identity.sub,
-        route = ctx.route.as_deref().unwrap_or(""),
+        route = ctx.route_id(),
         required,
         decision,
         "authorization decision"
@@ -322,7 +351,12 @@ impl ProxyHttp for Gateway {
         let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &method, &canon);
         let query = canon.query_str();
         let enforce = cfg.enforce(&tenant, rule);
-        ctx.route = rule.map(|r| Box::from(r.id()));
+        let tenant_table = cfg.tenant_routes(&tenant);
+        ctx.route = rule.map(|r| RouteRef {
+            tenant_table: tenant_table
+                .is_some_and(|t| t.rules().get(r.index()).is_some_and(|x| std::ptr::eq(x, r))),
+            index: r.index(),
+        });
 
         let access = match rule.map(RouteRule::access) {
             Some(a) => RouteAccess::Rule(a),
@@ -376,7 +410,7 @@ impl ProxyHttp for Gateway {
             let set = self.permission_set(&cfg, &tenant, &identity).await;
             match req.authorize(&set) {
                 Some(scope) => {
-                    ctx.scope = Some(Box::from(cfg.catalog.scopes().name(scope)));
+                    ctx.scope = Some(scope);
                     ctx.decision = "allow";
                     audit_decision(ctx, &tenant, &identity, req.label(), "allow");
                 }
@@ -489,8 +523,8 @@ impl ProxyHttp for Gateway {
             for (name, value) in &id.extra {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
-            if let Some(scope) = &ctx.scope {
-                upstream.insert_header(h.scope.clone(), &**scope)?;
+            if let Some(scope) = ctx.scope_name() {
+                upstream.insert_header(h.scope.clone(), scope)?;
             }
             if cfg.raw.keycloak.strip_authorization {
                 upstream.remove_header(&http::header::AUTHORIZATION);
@@ -503,7 +537,7 @@ impl ProxyHttp for Gateway {
                     realm: &tenant.realm,
                     sub: &id.sub,
                     roles: &id.all_roles,
-                    scope: ctx.scope.as_deref(),
+                    scope: ctx.scope_name(),
                     method: upstream.method.as_str(),
                     path: &path,
                     request_id: ctx.request_id_str(),
@@ -674,7 +708,7 @@ impl ProxyHttp for Gateway {
                 tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
                 realm = ctx.tenant.as_ref().map(|t| &*t.realm).unwrap_or(""),
                 sub = ctx.identity.as_ref().map(|i| i.sub.as_str()).unwrap_or(""),
-                route = ctx.route.as_deref().unwrap_or(""),
+                route = ctx.route_id(),
                 decision = ctx.decision,
                 method = req.method.as_str(),
                 path = req.uri.path(),
