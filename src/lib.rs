@@ -13,6 +13,7 @@ pub mod assertion;
 pub mod authz;
 pub mod config;
 pub mod demo;
+pub mod error;
 pub mod explain;
 pub mod grants;
 pub mod headers;

@@ -72,18 +72,23 @@ enum Command {
     },
 }
 
+/// Loads and validates a config file, printing every problem on failure.
+fn load_config(path: &std::path::Path) -> Result<config::RuntimeConfig, ExitCode> {
+    config::load(path, &ProcessEnv).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config, &ProcessEnv) {
+        Command::Check { config } => match load_config(&config) {
             Ok(cfg) => {
                 println!("{}", cfg.summary());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::from(EX_CONFIG)
-            }
+            Err(code) => code,
         },
         Command::Explain {
             config,
@@ -92,12 +97,9 @@ fn main() -> ExitCode {
             token,
             claims,
         } => {
-            let cfg = match config::load(&config, &ProcessEnv) {
+            let cfg = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    return ExitCode::from(EX_CONFIG);
-                }
+                Err(code) => return code,
             };
             realmgate::telemetry::init(&realmgate::config::raw::LoggingSection {
                 level: "warn".into(),
@@ -158,12 +160,9 @@ fn main() -> ExitCode {
             upgrade,
             daemon,
         } => {
-            let cfg = match config::load(&config, &ProcessEnv) {
+            let cfg = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    return ExitCode::from(EX_CONFIG);
-                }
+                Err(code) => return code,
             };
             realmgate::telemetry::init(&cfg.raw.logging);
             tracing::info!(

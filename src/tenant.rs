@@ -506,23 +506,9 @@ impl TryFrom<RawHostPatternDef> for HostPatternDef {
     }
 }
 
-/// A configuration error found by [`TenantTable::build`]. `path` is relative to the tenancy
+/// A configuration error found by [`TenantTable::build`]; `path` is relative to the tenancy
 /// section, e.g. `tenants[3].hosts[1]` or `host_patterns[0].pattern`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct BuildError {
-    pub path: String,
-    pub message: String,
-}
-
-impl BuildError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::error::BuildError;
 
 /// Why a request could not be attributed to a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

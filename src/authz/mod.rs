@@ -31,23 +31,7 @@ pub use routes::{
     RouteTable,
 };
 
-/// A configuration problem at a field path such as `routes[3].path` or
-/// `tenants[2].roles.viewer[0]`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct BuildError {
-    pub path: String,
-    pub message: String,
-}
-
-impl BuildError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        BuildError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::error::BuildError;
 
 /// Deterministic fixtures shared by `benches/authz.rs` and tests; not part of the API.
 #[doc(hidden)]
