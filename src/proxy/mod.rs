@@ -300,7 +300,12 @@ impl ProxyHttp for Gateway {
             }
         };
         let resolved = cfg.tenants.resolve_raw(host);
-        ctx.host = HeaderValue::from_bytes(host).ok();
+        // Shares the received header's buffer when there is one (no copy).
+        ctx.host = req
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| HeaderValue::from_bytes(host).ok());
         let tenant = match resolved {
             Ok(t) => t,
             Err(e) => {
