@@ -761,6 +761,16 @@ impl Realm {
     }
 }
 
+impl std::fmt::Debug for Realm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Realm")
+            .field("name", &self.name)
+            .field("issuer", &self.spec.issuer)
+            .field("state", &state_name(self.state()))
+            .finish()
+    }
+}
+
 /// Clears the realm's in-flight flag and wakes waiters when a fetch ends, even by panic.
 struct FetchGuard(Arc<Realm>);
 
@@ -1857,5 +1867,1071 @@ impl pingora::services::background::BackgroundService for JwksRefresher {
         ready: pingora::services::ServiceReadyNotifier,
     ) {
         self.run_inner(shutdown, Some(ready)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test kit: an in-process Keycloak-shaped IdP and token minting (shared with verify tests)
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod testkit {
+    use super::*;
+    use axum::extract::{Path, State};
+    use axum::http::{header, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use axum::Router;
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::{json, Value};
+    use std::future::Future;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A signing key from `testdata/jwt` (generated once with openssl; test-only).
+    pub struct TestKey {
+        pub enc: EncodingKey,
+        pub alg: Algorithm,
+        pub public_pem: &'static str,
+    }
+
+    macro_rules! key {
+        ($name:literal, $ctor:ident, $alg:expr) => {
+            TestKey {
+                enc: EncodingKey::$ctor(include_bytes!(concat!("../testdata/jwt/", $name, ".pem")))
+                    .unwrap(),
+                alg: $alg,
+                public_pem: include_str!(concat!("../testdata/jwt/", $name, ".pub.pem")),
+            }
+        };
+    }
+
+    pub fn rsa_a() -> TestKey {
+        key!("rsa_a", from_rsa_pem, Algorithm::RS256)
+    }
+    pub fn rsa_b() -> TestKey {
+        key!("rsa_b", from_rsa_pem, Algorithm::RS256)
+    }
+    pub fn rsa_c() -> TestKey {
+        key!("rsa_c", from_rsa_pem, Algorithm::RS256)
+    }
+    /// The public JWK of a 1024-bit RSA key (kid "small"); its private half is not kept.
+    pub fn rsa_small_jwk() -> Value {
+        serde_json::from_str(include_str!("../testdata/jwt/rsa_small.jwk.json")).unwrap()
+    }
+    pub fn ec() -> TestKey {
+        key!("ec_p256", from_ec_pem, Algorithm::ES256)
+    }
+    pub fn ed() -> TestKey {
+        key!("ed25519", from_ed_pem, Algorithm::EdDSA)
+    }
+
+    impl TestKey {
+        /// The public JWK, with `kid` and `use: sig`.
+        pub fn jwk(&self, kid: &str) -> Value {
+            let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&self.enc, self.alg).unwrap();
+            let mut v = serde_json::to_value(jwk).unwrap();
+            v["kid"] = json!(kid);
+            v["use"] = json!("sig");
+            v
+        }
+    }
+
+    pub fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Signs `claims` under an arbitrary JOSE header (so tests can add jku, crit, ...).
+    pub fn mint_with_header(key: &TestKey, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let alg = serde_json::from_value::<Algorithm>(header["alg"].clone()).unwrap_or(key.alg);
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.enc, alg).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    pub fn mint(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = json!({ "alg": key.alg, "typ": "JWT" });
+        if let Some(kid) = kid {
+            header["kid"] = json!(kid);
+        }
+        mint_with_header(key, &header, claims)
+    }
+
+    /// A Keycloak-shaped access token's claims.
+    pub fn claims(iss: &str, now: u64) -> Value {
+        json!({
+            "exp": now + 300, "iat": now, "jti": "2f0c7d4e", "iss": iss,
+            "aud": "account", "sub": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "typ": "Bearer", "azp": "qa-platform-backend",
+            "realm_access": { "roles": ["offline_access", "tenant_admin"] },
+            "resource_access": {
+                "qa-platform-backend": { "roles": ["agent", "viewer"] },
+                "account": { "roles": ["manage-account"] }
+            },
+            "scope": "openid profile email", "preferred_username": "ada",
+            "email": "ada@acme.example.com"
+        })
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum Mode {
+        Ok,
+        Fail,
+        Hang,
+        Garbage,
+        Huge,
+        WrongIssuer,
+        RedirectSameHost,
+        RedirectOtherHost,
+    }
+
+    struct RealmDoc {
+        keys: Vec<Value>,
+        mode: Mode,
+        cache_control: Option<String>,
+    }
+
+    #[derive(Default)]
+    pub struct IdpState {
+        realms: Mutex<HashMap<String, RealmDoc>>,
+        hits: Mutex<HashMap<String, usize>>,
+        base: Mutex<String>,
+        pub total: AtomicUsize,
+    }
+
+    /// A Keycloak-shaped IdP on 127.0.0.1:0: discovery and certs per realm; unknown realms are
+    /// 404 like Keycloak. Keys can be rotated, realms made to fail, hang or send garbage.
+    pub struct Idp {
+        pub base: String,
+        pub port: u16,
+        state: Arc<IdpState>,
+    }
+
+    fn count(st: &IdpState, what: &str, realm: &str) {
+        *st.hits.lock().entry(format!("{what}:{realm}")).or_default() += 1;
+        st.total.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn mode_of(st: &IdpState, realm: &str) -> Option<Mode> {
+        st.realms.lock().get(realm).map(|r| r.mode)
+    }
+
+    async fn misbehave(mode: Mode) -> Option<Response> {
+        match mode {
+            Mode::Fail => Some(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            Mode::Hang => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Some(StatusCode::GATEWAY_TIMEOUT.into_response())
+            }
+            Mode::Garbage => Some(
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    "{\"keys\": [oops",
+                )
+                    .into_response(),
+            ),
+            Mode::Huge => {
+                let pad = "x".repeat(64 * 1024);
+                Some(Json(json!({ "keys": [], "pad": pad })).into_response())
+            }
+            _ => None,
+        }
+    }
+
+    use axum::Json;
+
+    async fn disco(State(st): State<Arc<IdpState>>, Path(realm): Path<String>) -> Response {
+        count(&st, "disco", &realm);
+        let Some(mode) = mode_of(&st, &realm) else {
+            return (StatusCode::NOT_FOUND, "Realm does not exist").into_response();
+        };
+        if let Some(r) = misbehave(mode).await {
+            return r;
+        }
+        let base = st.base.lock().clone();
+        let issuer = if mode == Mode::WrongIssuer {
+            format!("{base}/realms/evil")
+        } else {
+            format!("{base}/realms/{realm}")
+        };
+        Json(json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{base}/realms/{realm}/protocol/openid-connect/certs"),
+            "token_endpoint": format!("{base}/realms/{realm}/protocol/openid-connect/token"),
+        }))
+        .into_response()
+    }
+
+    async fn certs(State(st): State<Arc<IdpState>>, Path(realm): Path<String>) -> Response {
+        count(&st, "certs", &realm);
+        let Some(mode) = mode_of(&st, &realm) else {
+            return (StatusCode::NOT_FOUND, "Realm does not exist").into_response();
+        };
+        if let Some(r) = misbehave(mode).await {
+            return r;
+        }
+        let base = st.base.lock().clone();
+        let port = base.rsplit(':').next().unwrap_or("").to_string();
+        match mode {
+            Mode::RedirectSameHost => {
+                let to = format!("{base}/realms/{realm}/protocol/openid-connect/certs-real");
+                return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+            }
+            Mode::RedirectOtherHost => {
+                let to = format!(
+                    "http://localhost:{port}/realms/{realm}/protocol/openid-connect/certs-real"
+                );
+                return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+            }
+            _ => {}
+        }
+        keys_response(&st, &realm)
+    }
+
+    fn keys_response(st: &IdpState, realm: &str) -> Response {
+        let realms = st.realms.lock();
+        let Some(doc) = realms.get(realm) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let mut resp = Json(json!({ "keys": doc.keys })).into_response();
+        if let Some(cc) = &doc.cache_control {
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, cc.parse().unwrap());
+        }
+        resp
+    }
+
+    async fn certs_real(State(st): State<Arc<IdpState>>, Path(realm): Path<String>) -> Response {
+        count(&st, "certs-real", &realm);
+        keys_response(&st, &realm)
+    }
+
+    async fn custom(State(st): State<Arc<IdpState>>, Path(name): Path<String>) -> Response {
+        count(&st, "custom", &name);
+        keys_response(&st, &name)
+    }
+
+    impl Idp {
+        pub async fn start() -> Idp {
+            let state = Arc::new(IdpState::default());
+            let app = Router::new()
+                .route(
+                    "/realms/{realm}/.well-known/openid-configuration",
+                    get(disco),
+                )
+                .route("/realms/{realm}/protocol/openid-connect/certs", get(certs))
+                .route(
+                    "/realms/{realm}/protocol/openid-connect/certs-real",
+                    get(certs_real),
+                )
+                .route("/custom/{name}/jwks.json", get(custom))
+                .with_state(state.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let base = format!("http://127.0.0.1:{port}");
+            *state.base.lock() = base.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Idp { base, port, state }
+        }
+
+        pub fn issuer(&self, realm: &str) -> String {
+            format!("{}/realms/{realm}", self.base)
+        }
+
+        pub fn set_keys(&self, realm: &str, keys: Vec<Value>) {
+            let mut realms = self.state.realms.lock();
+            let doc = realms.entry(realm.to_string()).or_insert(RealmDoc {
+                keys: Vec::new(),
+                mode: Mode::Ok,
+                cache_control: None,
+            });
+            doc.keys = keys;
+        }
+
+        pub fn set_mode(&self, realm: &str, mode: Mode) {
+            if let Some(doc) = self.state.realms.lock().get_mut(realm) {
+                doc.mode = mode;
+            }
+        }
+
+        pub fn set_cache_control(&self, realm: &str, cc: &str) {
+            if let Some(doc) = self.state.realms.lock().get_mut(realm) {
+                doc.cache_control = Some(cc.to_string());
+            }
+        }
+
+        pub fn hits(&self, what: &str, realm: &str) -> usize {
+            self.state
+                .hits
+                .lock()
+                .get(&format!("{what}:{realm}"))
+                .copied()
+                .unwrap_or(0)
+        }
+
+        pub fn total_hits(&self) -> usize {
+            self.state.total.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A settable clock; returns the clock and its handle.
+    pub fn manual_clock(start: u64) -> (Clock, Arc<AtomicU64>) {
+        let t = Arc::new(AtomicU64::new(start));
+        let h = t.clone();
+        (Arc::new(move || h.load(Ordering::SeqCst)), t)
+    }
+
+    pub fn wall() -> u64 {
+        (system_clock())()
+    }
+
+    /// Short timeouts so failure tests finish fast.
+    pub fn test_settings(base: &str) -> JwksSettings {
+        JwksSettings {
+            base_url: base.to_string(),
+            refresh: Duration::from_secs(60),
+            min_refetch_interval: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(500),
+            fetch_timeout: Duration::from_millis(500),
+            refetch_wait: Duration::from_secs(2),
+            load_wait: Duration::from_secs(2),
+            ..JwksSettings::default()
+        }
+    }
+
+    /// Builds the store and runs its refresher on the current runtime until the returned
+    /// sender is dropped.
+    pub fn start_store(
+        settings: JwksSettings,
+        statics: &[&str],
+        clock: Clock,
+    ) -> (Arc<KeyStore>, watch::Sender<bool>) {
+        let (store, refresher) = key_store_with_clock(
+            settings,
+            statics.iter().map(|s| s.to_string()).collect(),
+            clock,
+        );
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(refresher.run(rx));
+        (store, tx)
+    }
+
+    /// Polls `cond` every 10 ms for up to 5 s.
+    pub async fn wait_until<F: Future<Output = bool>>(mut cond: impl FnMut() -> F) -> bool {
+        for _ in 0..500 {
+            if cond().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    pub fn state_of(store: &KeyStore, realm: &str) -> Option<RealmInfo> {
+        store.describe().into_iter().find(|r| r.name == realm)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use serde_json::json;
+
+    fn set(keys: Vec<serde_json::Value>) -> Vec<u8> {
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    fn rs256() -> AlgSet {
+        AlgSet::from_slice(&[Alg::RS256])
+    }
+
+    #[test]
+    fn realm_names() {
+        for (name, ok) in [
+            ("tenant-acme", true),
+            ("qa-default", true),
+            ("a.b_c-9", true),
+            ("", false),
+            (".", false),
+            ("..", false),
+            ("a/b", false),
+            ("a%2fb", false),
+            ("a b", false),
+            ("a?b", false),
+            ("ünï", false),
+        ] {
+            assert_eq!(valid_realm_name(name), ok, "{name:?}");
+        }
+        assert!(!valid_realm_name(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn alg_names_and_sets() {
+        for a in Alg::ALL {
+            assert_eq!(Alg::from_name(a.name()), Some(a));
+            assert_eq!(a.name().parse::<Alg>().unwrap(), a);
+        }
+        for bad in ["none", "HS256", "rs256", "RSA-OAEP", ""] {
+            assert_eq!(Alg::from_name(bad), None, "{bad}");
+        }
+        let s = AlgSet::from_slice(&[Alg::RS256, Alg::ES256]);
+        assert!(s.contains(Alg::RS256) && s.contains(Alg::ES256) && !s.contains(Alg::PS256));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Alg::RS256, Alg::ES256]);
+        assert!(AlgSet::default().is_empty());
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        for (v, want) in [
+            ("max-age=120", Some(120)),
+            ("public, max-age=3600, must-revalidate", Some(3600)),
+            ("Max-Age=7", Some(7)),
+            ("no-cache", None),
+            ("max-age=60, no-store", None),
+            ("max-age=abc", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_max_age(v), want.map(Duration::from_secs), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_interval_bounds() {
+        let five = Duration::from_secs(300);
+        let s = Duration::from_secs;
+        for (max_age, refresh, want) in [
+            (None, five, five),
+            (Some(s(120)), five, s(120)),
+            (Some(s(5)), five, s(60)),
+            (Some(s(86_400)), five, five),
+            (Some(s(5)), s(10), s(10)),
+            (Some(s(1)), s(30), s(30)),
+        ] {
+            assert_eq!(
+                next_refresh_interval(max_age, refresh),
+                want,
+                "{max_age:?} {refresh:?}"
+            );
+        }
+        for _ in 0..100 {
+            let j = jittered(five);
+            assert!(j >= s(270) && j <= s(330), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn token_bucket_admits_rate_and_burst() {
+        let mut b = TokenBucket::new(2);
+        let t0 = Instant::now();
+        assert_eq!(
+            (0..10).filter(|_| b.try_take(t0)).count(),
+            4,
+            "burst is 2x rate"
+        );
+        assert!(!b.try_take(t0 + Duration::from_millis(100)));
+        assert!(b.try_take(t0 + Duration::from_millis(700)));
+        assert!(!b.try_take(t0 + Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn usable_key_rules() {
+        let a = rsa_a();
+        let mut enc = a.jwk("enc-key");
+        enc["use"] = json!("enc");
+        enc["alg"] = json!("RSA-OAEP");
+        let mut oct = json!({ "kty": "oct", "k": "c2VjcmV0", "kid": "hmac" });
+        oct["alg"] = json!("HS256");
+        let mut wrong_alg = rsa_b().jwk("es-labelled");
+        wrong_alg["alg"] = json!("ES256");
+        let mut no_verify = rsa_c().jwk("no-verify");
+        no_verify["key_ops"] = json!(["encrypt"]);
+        let small = rsa_small_jwk();
+        let mut ec_key = ec().jwk("ec1");
+        ec_key.as_object_mut().unwrap().remove("alg");
+        let docs = set(vec![
+            a.jwk("good"),
+            enc,
+            oct,
+            json!({ "kty": "oct", "k": "c2VjcmV0", "kid": "bare-oct" }),
+            wrong_alg,
+            no_verify,
+            small,
+            ec_key,
+            json!({ "kty": "RSA", "kid": "no-n", "e": "AQAB" }),
+            json!("not an object"),
+        ]);
+        let built = build_key_set(&docs, rs256(), &KeySet::default()).unwrap();
+        assert_eq!(built.set.kids(), vec!["good".to_string()]);
+        let reasons = built.skipped.join("\n");
+        for needle in [
+            "enc-key: use",
+            "hmac: alg \"HS256\" is not supported",
+            "bare-oct: symmetric",
+            "es-labelled: alg ES256 is not allowed",
+            "no-verify: key_ops",
+            "small: RSA modulus of 1024 bits",
+            "ec1: no allowed algorithm",
+            "no-n: missing n",
+            "#9: not a JWK",
+        ] {
+            assert!(
+                reasons.contains(needle),
+                "missing {needle:?} in:\n{reasons}"
+            );
+        }
+        // The same EC key is usable when the realm allows ES256; an RSA key without alg
+        // then serves every allowed RSA algorithm.
+        let mut rsa_no_alg = a.jwk("r");
+        rsa_no_alg.as_object_mut().unwrap().remove("alg");
+        let both = AlgSet::from_slice(&[Alg::RS256, Alg::PS256, Alg::ES256, Alg::EdDSA]);
+        let built = build_key_set(
+            &set(vec![rsa_no_alg, ec().jwk("e"), ed().jwk("d")]),
+            both,
+            &KeySet::default(),
+        )
+        .unwrap();
+        assert_eq!(built.set.len(), 3);
+        let r = built.set.find(Some("r")).unwrap();
+        assert_eq!(
+            r.algorithms().collect::<Vec<_>>(),
+            vec![Alg::RS256, Alg::PS256]
+        );
+        assert_eq!(
+            built
+                .set
+                .find(Some("e"))
+                .unwrap()
+                .algorithms()
+                .collect::<Vec<_>>(),
+            vec![Alg::ES256]
+        );
+        assert_eq!(
+            built
+                .set
+                .find(Some("d"))
+                .unwrap()
+                .algorithms()
+                .collect::<Vec<_>>(),
+            vec![Alg::EdDSA]
+        );
+    }
+
+    #[test]
+    fn kid_rules() {
+        let a = rsa_a();
+        let b = rsa_b();
+        // Duplicate kids: both unusable.
+        let built = build_key_set(
+            &set(vec![a.jwk("k"), b.jwk("k"), a.jwk("other")]),
+            rs256(),
+            &KeySet::default(),
+        )
+        .unwrap();
+        assert_eq!(built.set.kids(), vec!["other".to_string()]);
+        // A kid-less key in a multi-key set is unreachable, so skipped.
+        let mut bare = b.jwk("x");
+        bare.as_object_mut().unwrap().remove("kid");
+        let built = build_key_set(
+            &set(vec![a.jwk("k"), bare.clone()]),
+            rs256(),
+            &KeySet::default(),
+        )
+        .unwrap();
+        assert_eq!(built.set.kids(), vec!["k".to_string()]);
+        assert!(
+            built.set.find(None).is_some(),
+            "single key: a kid-less token may use it"
+        );
+        // A lone kid-less key serves kid-less tokens only.
+        let built = build_key_set(&set(vec![bare]), rs256(), &KeySet::default()).unwrap();
+        assert!(built.set.find(None).is_some());
+        assert!(built.set.find(Some("x")).is_none());
+        // Two keys: a kid-less token matches nothing.
+        let built = build_key_set(
+            &set(vec![a.jwk("k1"), b.jwk("k2")]),
+            rs256(),
+            &KeySet::default(),
+        )
+        .unwrap();
+        assert!(built.set.find(None).is_none());
+    }
+
+    #[test]
+    fn rebuild_reuses_unchanged_keys_and_reports_dropped() {
+        let (a, b, c) = (rsa_a(), rsa_b(), rsa_c());
+        let first = build_key_set(
+            &set(vec![a.jwk("a"), b.jwk("b")]),
+            rs256(),
+            &KeySet::default(),
+        )
+        .unwrap();
+        let old_a = first.set.find(Some("a")).unwrap().clone();
+        let old_b = first.set.find(Some("b")).unwrap().clone();
+        // "a" unchanged, "b" gone, "c" new, and "a"'s kid reused for other material is new.
+        let second =
+            build_key_set(&set(vec![a.jwk("a"), c.jwk("c")]), rs256(), &first.set).unwrap();
+        assert!(Arc::ptr_eq(second.set.find(Some("a")).unwrap(), &old_a));
+        assert_eq!(second.dropped.len(), 1);
+        assert!(Arc::ptr_eq(&second.dropped[0], &old_b));
+        let third = build_key_set(&set(vec![b.jwk("a")]), rs256(), &second.set).unwrap();
+        assert!(!Arc::ptr_eq(third.set.find(Some("a")).unwrap(), &old_a));
+        assert_eq!(third.dropped.len(), 2);
+        assert!(build_key_set(b"{\"nokeys\":1}", rs256(), &KeySet::default()).is_err());
+        assert!(build_key_set(b"garbage", rs256(), &KeySet::default()).is_err());
+    }
+
+    #[test]
+    fn padded_and_leading_zero_components_are_accepted() {
+        let mut j = rsa_a().jwk("p");
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(j["n"].as_str().unwrap())
+            .unwrap();
+        let mut padded = vec![0u8];
+        padded.extend_from_slice(&n);
+        j["n"] = json!(base64::engine::general_purpose::URL_SAFE.encode(&padded));
+        let built = build_key_set(&set(vec![j]), rs256(), &KeySet::default()).unwrap();
+        assert_eq!(built.set.len(), 1, "{:?}", built.skipped);
+    }
+
+    #[test]
+    fn spec_and_issuer() {
+        let mut s = JwksSettings {
+            base_url: "https://kc.example.com/".into(),
+            ..JwksSettings::default()
+        };
+        let spec = spec_for(&s, "tenant-acme");
+        assert_eq!(&*spec.issuer, "https://kc.example.com/realms/tenant-acme");
+        assert_eq!(
+            spec.source,
+            Source::Discovery(
+                "https://kc.example.com/realms/tenant-acme/.well-known/openid-configuration".into()
+            )
+        );
+        s.realm_overrides.insert(
+            "azure".into(),
+            RealmOverride {
+                issuer: Some("https://login.example.com/tid/v2.0".into()),
+                jwks_uri: Some("https://login.example.com/keys".into()),
+                algorithms: Some(vec![Alg::RS256, Alg::PS256]),
+                ..RealmOverride::default()
+            },
+        );
+        let az = spec_for(&s, "azure");
+        assert_eq!(&*az.issuer, "https://login.example.com/tid/v2.0");
+        assert_eq!(
+            az.source,
+            Source::JwksUri("https://login.example.com/keys".into())
+        );
+        assert!(az.algs.contains(Alg::PS256));
+        let (store, _r) = key_store(s, vec![]);
+        assert_eq!(
+            &*store.issuer_for("azure"),
+            "https://login.example.com/tid/v2.0"
+        );
+        assert_eq!(&*store.issuer_for("x"), "https://kc.example.com/realms/x");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn static_realms_load_before_ready_and_readiness_tracks_keys() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-ready", vec![rsa_a().jwk("k1")]);
+        idp.set_keys("r-down", vec![rsa_a().jwk("k1")]);
+        idp.set_mode("r-down", Mode::Fail);
+        let (store, refresher) = key_store(
+            test_settings(&idp.base),
+            vec!["r-ready".into(), "r-down".into()],
+        );
+        assert!(!store.static_realms_ready());
+        let (ready_tx, mut ready_rx) = watch::channel(false);
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            use pingora::services::background::BackgroundService;
+            refresher
+                .start_with_ready_notifier(
+                    stop_rx,
+                    pingora::services::ServiceReadyNotifier::new(ready_tx),
+                )
+                .await;
+        });
+        ready_rx.changed().await.unwrap();
+        // At the moment of readiness the initial loads are done.
+        assert_eq!(state_of(&store, "r-ready").unwrap().state, "loaded");
+        assert_eq!(state_of(&store, "r-down").unwrap().state, "failed");
+        assert!(!store.static_realms_ready());
+        assert_eq!(store.not_ready_realms(), vec!["r-down".to_string()]);
+        // The refresher retries a failing static realm with backoff (1 s first).
+        idp.set_mode("r-down", Mode::Ok);
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        assert!(store.not_ready_realms().is_empty());
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn discovery_issuer_mismatch_refuses_the_realm() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-evil", vec![rsa_a().jwk("k1")]);
+        idp.set_mode("r-evil", Mode::WrongIssuer);
+        let (store, _stop) = start_store(test_settings(&idp.base), &["r-evil"], system_clock());
+        assert!(
+            wait_until(|| async { state_of(&store, "r-evil").unwrap().state != "not_loaded" })
+                .await
+        );
+        let info = state_of(&store, "r-evil").unwrap();
+        assert_eq!(info.state, "refused");
+        assert!(info.last_error.unwrap().contains("discovery issuer"));
+        assert!(info.kids.is_empty());
+        assert_eq!(
+            idp.hits("certs", "r-evil"),
+            0,
+            "keys are never fetched from a refused realm"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn document_size_limit_is_enforced() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-huge", vec![rsa_a().jwk("k1")]);
+        idp.set_mode("r-huge", Mode::Huge);
+        let settings = JwksSettings {
+            max_document_bytes: 16 * 1024,
+            ..test_settings(&idp.base)
+        };
+        let (store, _stop) = start_store(settings, &["r-huge"], system_clock());
+        assert!(
+            wait_until(|| async { state_of(&store, "r-huge").unwrap().state != "not_loaded" })
+                .await
+        );
+        let info = state_of(&store, "r-huge").unwrap();
+        assert_eq!(info.state, "failed");
+        assert!(info.last_error.unwrap().contains("larger than 16384 bytes"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_and_hanging_idps_fail_cleanly() {
+        let idp = Idp::start().await;
+        for r in ["r-garbage", "r-hang"] {
+            idp.set_keys(r, vec![rsa_a().jwk("k1")]);
+        }
+        idp.set_mode("r-garbage", Mode::Garbage);
+        idp.set_mode("r-hang", Mode::Hang);
+        let started = Instant::now();
+        let (store, _stop) = start_store(
+            test_settings(&idp.base),
+            &["r-garbage", "r-hang"],
+            system_clock(),
+        );
+        assert!(
+            wait_until(|| async { store.describe().iter().all(|r| r.state != "not_loaded") }).await
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "bounded by fetch_timeout"
+        );
+        for r in store.describe() {
+            assert_eq!(r.state, "failed", "{r:?}");
+        }
+        let err = |r: &str| state_of(&store, r).unwrap().last_error.unwrap();
+        assert!(
+            err("r-garbage").contains("unreadable"),
+            "{}",
+            err("r-garbage")
+        );
+        assert!(err("r-hang").contains("GET"), "{}", err("r-hang"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redirects_only_within_the_same_origin() {
+        let idp = Idp::start().await;
+        for r in ["r-same", "r-other"] {
+            idp.set_keys(r, vec![rsa_a().jwk("k1")]);
+        }
+        idp.set_mode("r-same", Mode::RedirectSameHost);
+        idp.set_mode("r-other", Mode::RedirectOtherHost);
+        let (store, _stop) = start_store(
+            test_settings(&idp.base),
+            &["r-same", "r-other"],
+            system_clock(),
+        );
+        assert!(
+            wait_until(|| async { store.describe().iter().all(|r| r.state != "not_loaded") }).await
+        );
+        assert_eq!(state_of(&store, "r-same").unwrap().state, "loaded");
+        let other = state_of(&store, "r-other").unwrap();
+        assert_eq!(other.state, "failed");
+        assert!(other.last_error.unwrap().contains("302"));
+        assert_eq!(idp.hits("certs-real", "r-other"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jwks_uri_override_skips_discovery_and_jwks_file_reloads() {
+        let idp = Idp::start().await;
+        idp.set_keys("ext", vec![rsa_a().jwk("ext-1")]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, set(vec![rsa_b().jwk("file-1")])).unwrap();
+        let mut settings = test_settings(&idp.base);
+        settings.refresh = Duration::from_millis(200);
+        settings.realm_overrides.insert(
+            "ext".into(),
+            RealmOverride {
+                issuer: Some("https://issuer.example.com".into()),
+                jwks_uri: Some(format!("{}/custom/ext/jwks.json", idp.base)),
+                ..RealmOverride::default()
+            },
+        );
+        settings.realm_overrides.insert(
+            "airgap".into(),
+            RealmOverride {
+                jwks_file: Some(path.clone()),
+                ..RealmOverride::default()
+            },
+        );
+        let (store, _stop) = start_store(settings, &["ext", "airgap"], system_clock());
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        assert_eq!(
+            state_of(&store, "ext").unwrap().kids,
+            vec!["ext-1".to_string()]
+        );
+        assert_eq!(idp.hits("disco", "ext"), 0);
+        assert!(idp.hits("custom", "ext") >= 1);
+        assert_eq!(&*store.issuer_for("ext"), "https://issuer.example.com");
+        assert_eq!(
+            state_of(&store, "airgap").unwrap().kids,
+            vec!["file-1".to_string()]
+        );
+        std::fs::write(&path, set(vec![rsa_c().jwk("file-2")])).unwrap();
+        assert!(
+            wait_until(|| async {
+                state_of(&store, "airgap").unwrap().kids == vec!["file-2".to_string()]
+            })
+            .await
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refresh_honours_max_age_and_drops_retired_keys() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-rot", vec![rsa_a().jwk("k1"), rsa_b().jwk("k2")]);
+        let mut settings = test_settings(&idp.base);
+        settings.refresh = Duration::from_millis(300);
+        let (store, _stop) = start_store(settings, &["r-rot"], system_clock());
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        let realm = store.lookup("r-rot").unwrap();
+        let k1 = realm.find_key(Some("k1")).unwrap();
+        let k2 = realm.find_key(Some("k2")).unwrap();
+        idp.set_keys("r-rot", vec![rsa_a().jwk("k1"), rsa_c().jwk("k3")]);
+        assert!(wait_until(|| async { realm.find_key(Some("k3")).is_some() }).await);
+        assert!(k2.is_retired(), "a key that left the JWKS is retired");
+        assert!(!k1.is_retired());
+        assert!(
+            Arc::ptr_eq(&realm.find_key(Some("k1")).unwrap(), &k1),
+            "unchanged key keeps its Arc"
+        );
+        // Periodic refresh keeps going (every ~300 ms here).
+        let before = idp.hits("certs", "r-rot");
+        assert!(wait_until(|| async { idp.hits("certs", "r-rot") >= before + 2 }).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idp_failure_keeps_last_good_keys_and_counts_errors() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-flaky", vec![rsa_a().jwk("k1")]);
+        let mut settings = test_settings(&idp.base);
+        settings.refresh = Duration::from_millis(100);
+        let (store, _stop) = start_store(settings, &["r-flaky"], system_clock());
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        let label = metrics().realms.label("r-flaky").to_string();
+        let errors = || {
+            metrics()
+                .jwks_fetch_total
+                .with_label_values(&[&label, "error"])
+                .get()
+        };
+        let before = errors();
+        idp.set_mode("r-flaky", Mode::Fail);
+        assert!(
+            wait_until(|| async { errors() > before }).await,
+            "failure shows in metrics"
+        );
+        let info = state_of(&store, "r-flaky").unwrap();
+        assert_eq!(info.state, "loaded");
+        assert_eq!(info.kids, vec!["k1".to_string()]);
+        assert!(info.last_error.unwrap().contains("500"));
+        assert!(store.static_realms_ready(), "within max_stale, still ready");
+        store.refresh_age_gauges();
+        if label != OTHER {
+            let text = String::from_utf8(metrics().encode()).unwrap();
+            assert!(text.contains(&format!("realmgate_jwks_age_seconds{{realm=\"{label}\"}}")));
+            assert!(text.contains(&format!("realmgate_jwks_keys{{realm=\"{label}\"}} 1")));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn update_config_keeps_unchanged_realms_adds_and_drops() {
+        let idp = Idp::start().await;
+        for r in ["cfg-a", "cfg-b", "cfg-c"] {
+            idp.set_keys(r, vec![rsa_a().jwk(&format!("{r}-k"))]);
+        }
+        let settings = test_settings(&idp.base);
+        let (store, _stop) = start_store(settings.clone(), &["cfg-a", "cfg-b"], system_clock());
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        let a_key = store
+            .lookup("cfg-a")
+            .unwrap()
+            .find_key(Some("cfg-a-k"))
+            .unwrap();
+        let b_key = store
+            .lookup("cfg-b")
+            .unwrap()
+            .find_key(Some("cfg-b-k"))
+            .unwrap();
+        let hits_a = idp.hits("certs", "cfg-a");
+        store.update_config(settings.clone(), vec!["cfg-a".into(), "cfg-c".into()]);
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        let names: Vec<String> = store.describe().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, vec!["cfg-a".to_string(), "cfg-c".to_string()]);
+        assert!(Arc::ptr_eq(
+            &store
+                .lookup("cfg-a")
+                .unwrap()
+                .find_key(Some("cfg-a-k"))
+                .unwrap(),
+            &a_key
+        ));
+        assert_eq!(
+            idp.hits("certs", "cfg-a"),
+            hits_a,
+            "unchanged realm not refetched"
+        );
+        assert!(b_key.is_retired(), "removed realm's keys are dropped");
+        // Changing a realm's key source replaces it (and retires its keys).
+        let mut changed = settings.clone();
+        changed.realm_overrides.insert(
+            "cfg-a".into(),
+            RealmOverride {
+                algorithms: Some(vec![Alg::RS256, Alg::PS256]),
+                ..RealmOverride::default()
+            },
+        );
+        store.update_config(changed, vec!["cfg-a".into(), "cfg-c".into()]);
+        assert!(a_key.is_retired());
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dynamic_realms_load_lazily_404_is_negatively_cached_and_lru_bounded() {
+        let idp = Idp::start().await;
+        for r in ["dyn-1", "dyn-2", "dyn-3"] {
+            idp.set_keys(r, vec![rsa_a().jwk("k")]);
+        }
+        let mut settings = test_settings(&idp.base);
+        settings.max_dynamic_realms = 2;
+        let (store, _stop) = start_store(settings, &[], system_clock());
+        assert_eq!(idp.total_hits(), 0, "nothing loads before first use");
+        let r1 = store.realm("dyn-1").await.unwrap();
+        assert_eq!(r1.name(), "dyn-1");
+        store.realm("dyn-2").await.unwrap();
+        let k1 = r1.find_key(Some("k")).unwrap();
+        // Make dyn-1 the least recently used, then admit a third: dyn-1 is evicted.
+        r1.last_used.store(0, Ordering::Relaxed);
+        store.realm("dyn-3").await.unwrap();
+        let names: Vec<String> = store.describe().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, vec!["dyn-2".to_string(), "dyn-3".to_string()]);
+        assert!(
+            k1.is_retired(),
+            "evicting a realm drops its keys (and so its cached tokens)"
+        );
+        // Unknown realm: 404 -> unknown_tenant, remembered.
+        assert_eq!(
+            store.realm("nope").await.unwrap_err(),
+            AuthError::UnknownTenant
+        );
+        let disco = idp.hits("disco", "nope");
+        assert_eq!(disco, 1);
+        for _ in 0..5 {
+            assert_eq!(
+                store.realm("nope").await.unwrap_err(),
+                AuthError::UnknownTenant
+            );
+        }
+        assert_eq!(
+            idp.hits("disco", "nope"),
+            1,
+            "negative cache: no second fetch"
+        );
+        assert!(state_of(&store, "nope").is_none(), "not held as a realm");
+        // Invalid names never reach the IdP.
+        assert_eq!(
+            store.realm("../admin").await.unwrap_err(),
+            AuthError::UnknownTenant
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn never_seen_realms_are_rate_limited() {
+        let idp = Idp::start().await;
+        let mut settings = test_settings(&idp.base);
+        settings.new_realms_per_second = 1;
+        let (store, _stop) = start_store(settings, &[], system_clock());
+        let mut results = Vec::new();
+        for i in 0..6 {
+            results.push(store.realm(&format!("rnd-{i}")).await.unwrap_err());
+        }
+        let limited = results
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    AuthError::RealmUnavailable {
+                        retry_after_secs: 1
+                    }
+                )
+            })
+            .count();
+        assert_eq!(limited, 4, "burst of 2, then 1/s: {results:?}");
+        assert_eq!(idp.total_hits(), 2, "only admitted realms reach the IdP");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn never_loaded_realm_while_idp_down_is_unavailable_with_retry_hint() {
+        let idp = Idp::start().await;
+        idp.set_keys("r-off", vec![rsa_a().jwk("k")]);
+        idp.set_mode("r-off", Mode::Fail);
+        let mut settings = test_settings(&idp.base);
+        settings.min_refetch_interval = Duration::from_secs(10);
+        let (store, _stop) = start_store(settings, &[], system_clock());
+        let err = store.realm("r-off").await.unwrap_err();
+        assert_eq!(err.code(), "realm_unavailable");
+        assert_eq!(err.http_status(), 503);
+        // A second request within the interval does not fetch again and says when to retry.
+        let hits = idp.total_hits();
+        match store.realm("r-off").await.unwrap_err() {
+            AuthError::RealmUnavailable { retry_after_secs } => {
+                assert!((1..=10).contains(&retry_after_secs))
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(idp.total_hits(), hits);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn install_jwks_needs_no_network() {
+        let (store, _r) = key_store(JwksSettings::default(), vec![]);
+        let n = store
+            .install_jwks("bench", &set(vec![rsa_a().jwk("k1"), rsa_b().jwk("k2")]))
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(store.static_realms_ready());
+        assert!(store.install_jwks("bench", b"{}").is_err());
+        assert!(store.install_jwks("a/b", b"{}").is_err());
     }
 }

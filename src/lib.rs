@@ -12,6 +12,7 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod grants;
 pub mod headers;
 pub mod jwks;

@@ -7,10 +7,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use realmgate::config::{self, ProcessEnv};
+use realmgate::explain::{explain, Credentials};
 use realmgate::server::{build_server, ProcessOptions};
 
 /// Exit code for an invalid configuration (BSD `EX_CONFIG`).
 const EX_CONFIG: u8 = 78;
+/// Exit code for bad command-line input (BSD `EX_USAGE`).
+const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +44,32 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Walk one request through every decision and say why; never contacts the upstream.
+    /// Exit code: 0 allowed, 1 refused.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(short, long, default_value = "GET")]
+        method: String,
+        /// e.g. http://acme.qa.example.com/api/v1/users/7
+        #[arg(short, long)]
+        url: String,
+        /// A file holding a real access token (verified against the realm's JWKS).
+        #[arg(long, conflicts_with = "claims")]
+        token: Option<PathBuf>,
+        /// Token claims as JSON, for "what if" questions (the signature is not checked).
+        #[arg(long)]
+        claims: Option<String>,
+    },
+    /// Run a self-contained demo: gateway, demo identity provider and echo upstream.
+    Demo {
+        /// Proxy listen address (default: a free port on 127.0.0.1).
+        #[arg(long)]
+        proxy: Option<std::net::SocketAddr>,
+        /// Admin listen address (default: a free port on 127.0.0.1).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +85,74 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG)
             }
         },
+        Command::Explain {
+            config,
+            method,
+            url,
+            token,
+            claims,
+        } => {
+            let cfg = match config::load(&config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            realmgate::telemetry::init(&realmgate::config::raw::LoggingSection {
+                level: "warn".into(),
+                ..Default::default()
+            });
+            let creds = match (token, claims) {
+                (Some(path), _) => match std::fs::read_to_string(&path) {
+                    Ok(t) => Credentials::Token(t),
+                    Err(e) => {
+                        eprintln!("cannot read {}: {e}", path.display());
+                        return ExitCode::from(EX_USAGE);
+                    }
+                },
+                (None, Some(json)) => match serde_json::from_str(&json) {
+                    Ok(v) => Credentials::Claims(v),
+                    Err(e) => {
+                        eprintln!("--claims is not JSON: {e}");
+                        return ExitCode::from(EX_USAGE);
+                    }
+                },
+                (None, None) => Credentials::None,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start a runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = rt.block_on(explain(std::sync::Arc::new(cfg), &method, &url, creds));
+            print!("{}", result.text);
+            if result.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Demo { proxy, admin } => {
+            realmgate::telemetry::init(&realmgate::config::raw::LoggingSection::default());
+            match realmgate::demo::prepare(&realmgate::demo::DemoOptions { proxy, admin }) {
+                Ok((server, walkthrough)) => {
+                    println!("{walkthrough}");
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().flush();
+                    server.run_forever()
+                }
+                Err(e) => {
+                    eprintln!("cannot start the demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             upgrade,

@@ -49,6 +49,7 @@ pub fn build_server(
     let proxy_addr = cfg.proxy_addr.to_string();
     let admin_addr = cfg.admin_addr.to_string();
     let source = cfg.source.clone();
+    let tls = cfg.raw.listen.tls.clone();
     let watch_file = cfg.raw.server.watch_config;
     crate::metrics::metrics()
         .tenants
@@ -98,7 +99,16 @@ pub fn build_server(
         Gateway::new(shared.clone()),
         "realmgate",
     );
-    proxy.add_tcp(&proxy_addr);
+    match &tls {
+        // TLS termination with HTTP/2 offered via ALPN (gRPC passes through for authorised
+        // requests: its path is matched like any other).
+        Some(t) => {
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&t.cert, &t.key)?;
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&proxy_addr, None, settings);
+        }
+        None => proxy.add_tcp(&proxy_addr),
+    }
     server.add_service(proxy);
 
     let mut admin = Service::new(

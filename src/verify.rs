@@ -450,6 +450,68 @@ impl Policy {
 // Identity
 // ---------------------------------------------------------------------------------------------
 
+/// Names already taken, for deduplication: quick hashes compared first, bytes on a hash
+/// match; a hash set past 64 names so a token with thousands of roles stays linear.
+struct Seen<'a> {
+    small: Vec<(u64, &'a str)>,
+    big: Option<std::collections::HashSet<&'a str, ahash::RandomState>>,
+}
+
+impl<'a> Seen<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            small: Vec::with_capacity(n.min(64)),
+            big: None,
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match &self.big {
+            Some(set) => set.contains(name),
+            None => {
+                let h = quick_hash(name);
+                self.small.iter().any(|(x, s)| *x == h && *s == name)
+            }
+        }
+    }
+
+    /// False if `name` was already there.
+    fn insert(&mut self, name: &'a str) -> bool {
+        if let Some(set) = &mut self.big {
+            return set.insert(name);
+        }
+        if self.contains(name) {
+            return false;
+        }
+        if self.small.len() == 64 {
+            let mut set: std::collections::HashSet<&'a str, ahash::RandomState> =
+                self.small.iter().map(|(_, s)| *s).collect();
+            set.insert(name);
+            self.big = Some(set);
+            return true;
+        }
+        self.small.push((quick_hash(name), name));
+        true
+    }
+}
+
+/// A fast non-cryptographic hash (FxHash-style, 8 bytes per step) for deduplication only;
+/// equal hashes are always confirmed by comparing the strings.
+fn quick_hash(s: &str) -> u64 {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let mut chunks = s.as_bytes().chunks_exact(8);
+    let mut h = s.len() as u64;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let mut w = [0u8; 8];
+    let rest = chunks.remainder();
+    w[..rest.len()].copy_from_slice(rest);
+    (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K)
+}
+
 /// A deduplicated list of role names in one allocation (roles are read far more often than
 /// built, and a Keycloak token easily carries dozens).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -459,9 +521,14 @@ pub struct RoleList {
 }
 
 impl RoleList {
-    /// Builds a list from header-safe names, dropping repeats. Names containing a comma are
-    /// dropped too: they would read as two roles in the comma-joined header.
-    fn build<'a>(names: impl Iterator<Item = &'a str> + Clone, max: usize) -> Self {
+    /// Builds a list from header-safe names, dropping repeats and any name in `exclude`.
+    /// Names containing a comma are dropped too: they would read as two roles in the
+    /// comma-joined header. `seen` carries name hashes between calls (cheap dedup).
+    fn build<'a>(
+        names: impl Iterator<Item = &'a str> + Clone,
+        max: usize,
+        seen: &mut Seen<'a>,
+    ) -> Self {
         let (mut n, mut bytes) = (0usize, 0usize);
         for r in names.clone() {
             n += 1;
@@ -469,25 +536,11 @@ impl RoleList {
         }
         let mut buf = String::with_capacity(bytes);
         let mut ends: Vec<u32> = Vec::with_capacity(n);
-        let mut seen: Option<std::collections::HashSet<&str, ahash::RandomState>> =
-            (n > 32).then(Default::default);
         for r in names {
             let Some(r) = exact_clean(r, max).filter(|r| !r.contains(',')) else {
                 continue;
             };
-            let dup = match &mut seen {
-                Some(set) => !set.insert(r),
-                None => {
-                    let mut start = 0usize;
-                    ends.iter().any(|&e| {
-                        let e = e as usize;
-                        let hit = buf.get(start..e) == Some(r);
-                        start = e;
-                        hit
-                    })
-                }
-            };
-            if dup {
+            if !seen.insert(r) {
                 continue;
             }
             buf.push_str(r);
@@ -665,11 +718,14 @@ fn build_identity(
         .and_then(|s| exact_clean(&s.0, max))
         .ok_or(AuthError::MissingSubject)?
         .to_owned();
-    let realm_roles = RoleList::build(c.realm_roles.iter().map(|r| &*r.0), max);
-    let client_roles = RoleList::build(c.client_roles.iter().map(|r| &*r.0), max);
+    let mut seen = Seen::with_capacity(c.realm_roles.len());
+    let realm_roles = RoleList::build(c.realm_roles.iter().map(|r| &*r.0), max, &mut seen);
+    let in_realm = seen;
+    let mut seen = Seen::with_capacity(c.client_roles.len());
+    let client_roles = RoleList::build(c.client_roles.iter().map(|r| &*r.0), max, &mut seen);
     let header_roles = realm_roles
         .iter()
-        .chain(client_roles.iter().filter(|r| !realm_roles.contains(r)));
+        .chain(client_roles.iter().filter(|r| !in_realm.contains(r)));
     let all_roles: Box<[Arc<str>]> = header_roles.clone().map(Arc::from).collect();
     let roles_header = join_capped(header_roles, max);
     let mut permissions = Vec::new();
@@ -870,7 +926,31 @@ impl<'de> Deserialize<'de> for NumericDate {
 #[derive(Deserialize)]
 struct Access<'a> {
     #[serde(borrow, default)]
-    roles: Vec<BStr<'a>>,
+    roles: Roles<'a>,
+}
+
+/// A role array, pre-sized (JSON gives no length hint; Keycloak tokens carry dozens).
+#[derive(Default)]
+struct Roles<'a>(Vec<BStr<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Roles<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Roles<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of role names")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(256));
+                while let Some(s) = seq.next_element::<BStr<'de>>()? {
+                    out.push(s);
+                }
+                Ok(Roles(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// `resource_access`, keeping only the configured clients' roles.
@@ -895,7 +975,11 @@ impl<'de: 'a, 'a> Visitor<'de> for ResourceAccessSeed<'_, '_, 'a> {
         while let Some(client) = map.next_key::<BStr<'de>>()? {
             if self.clients.iter().any(|c| **c == *client.0) {
                 let access: Access<'de> = map.next_value()?;
-                self.out.extend(access.roles);
+                if self.out.is_empty() {
+                    *self.out = access.roles.0;
+                } else {
+                    self.out.extend(access.roles.0);
+                }
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -1071,7 +1155,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                         return Err(de::Error::custom("duplicate claim realm_access"));
                     }
                     let access: Option<Access<'de>> = map.next_value()?;
-                    c.realm_roles = access.map(|a| a.roles).unwrap_or_default();
+                    c.realm_roles = access.map(|a| a.roles.0).unwrap_or_default();
                 }
                 "resource_access" => {
                     if std::mem::replace(&mut seen_clients, true) {
@@ -1089,6 +1173,21 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
         }
         Ok(c)
     }
+}
+
+/// Largest decoded JOSE header accepted (Keycloak's is ~100 bytes).
+const MAX_HEADER_BYTES: usize = 512;
+/// Room for an RSA-8192 signature (1024 bytes) plus base64's decode slack.
+const MAX_SIGNATURE_BYTES: usize = 1024 + 8;
+
+fn b64_decode_into<'b>(s: &str, buf: &'b mut [u8]) -> Result<&'b [u8], AuthError> {
+    if s.len() / 4 * 3 + 3 > buf.len() {
+        return Err(AuthError::MalformedToken);
+    }
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(s, buf)
+        .map_err(|_| AuthError::MalformedToken)?;
+    buf.get(..n).ok_or(AuthError::MalformedToken)
 }
 
 fn b64_decode(s: &str) -> Result<Vec<u8>, AuthError> {
@@ -1349,9 +1448,10 @@ impl Verifier {
         let (header_b64, payload_b64) = signing_input
             .split_once('.')
             .ok_or(AuthError::MalformedToken)?;
-        let header_bytes = b64_decode(header_b64)?;
+        let mut header_buf = [0u8; MAX_HEADER_BYTES];
+        let header_bytes = b64_decode_into(header_b64, &mut header_buf)?;
         let header: JoseHeader<'_> =
-            serde_json::from_slice(&header_bytes).map_err(|_| AuthError::MalformedToken)?;
+            serde_json::from_slice(header_bytes).map_err(|_| AuthError::MalformedToken)?;
         if header.forbidden() {
             return Err(AuthError::ForbiddenHeader);
         }
@@ -1364,7 +1464,9 @@ impl Verifier {
             return Err(AuthError::AlgNotAllowed);
         }
         let payload = b64_decode(payload_b64)?;
-        let mut de = serde_json::Deserializer::from_slice(&payload);
+        // One fast UTF-8 pass here lets serde_json skip validating every string it borrows.
+        let payload = std::str::from_utf8(&payload).map_err(|_| AuthError::MalformedToken)?;
+        let mut de = serde_json::Deserializer::from_str(payload);
         let claims = ClaimsSeed { policy: &policy }
             .deserialize(&mut de)
             .and_then(|c| de.end().map(|()| c))
@@ -1376,8 +1478,9 @@ impl Verifier {
         if sig_b64.is_empty() {
             return Err(AuthError::BadSignature);
         }
-        let sig = b64_decode(sig_b64)?;
-        key.verify(alg, signing_input.as_bytes(), &sig)
+        let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
+        let sig = b64_decode_into(sig_b64, &mut sig_buf)?;
+        key.verify(alg, signing_input.as_bytes(), sig)
             .map_err(|r| match r {
                 KeyRefusal::WrongAlg => AuthError::AlgNotAllowed,
                 KeyRefusal::BadSignature => AuthError::BadSignature,

@@ -73,10 +73,11 @@ pub struct TlsSection {
 pub struct ServerSection {
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// How long SIGTERM waits before it stops accepting (lets load balancers drain us).
+    /// After SIGTERM the listeners close at once and in-flight requests get this long to
+    /// finish (Pingora's grace period); keep it below Kubernetes' terminationGracePeriodSeconds.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
-    /// How long in-flight requests get to finish after the grace period.
+    /// Then the runtimes get this long to stop.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
     /// Unix socket for Pingora's zero-downtime binary upgrade.
@@ -90,8 +91,8 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             threads: 2,
-            grace_period: d(5),
-            graceful_shutdown_timeout: d(10),
+            grace_period: d(10),
+            graceful_shutdown_timeout: d(5),
             upgrade_sock: "/tmp/realmgate_upgrade.sock".into(),
             pid_file: "/tmp/realmgate.pid".into(),
             watch_config: true,

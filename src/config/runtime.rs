@@ -225,8 +225,12 @@ impl RuntimeConfig {
         if proxy_addr.is_some() && proxy_addr == admin_addr {
             e.push("listen.admin", "must differ from listen.proxy");
         }
-        if raw.listen.tls.is_some() {
-            e.push("listen.tls", "TLS termination is not supported by this build yet; terminate TLS in front of realmgate");
+        if let Some(t) = &raw.listen.tls {
+            for (field, path) in [("listen.tls.cert", &t.cert), ("listen.tls.key", &t.key)] {
+                if !std::path::Path::new(path).is_file() {
+                    e.push(field, format!("\"{path}\" is not a readable file"));
+                }
+            }
         }
         if raw.server.threads == 0 {
             e.push("server.threads", "must be at least 1");

@@ -28,7 +28,7 @@ use crate::state::Shared;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity};
 
-pub use host::request_host;
+pub use host::{origin_form, request_host};
 
 /// The Pingora proxy application.
 pub struct Gateway {
