@@ -450,17 +450,22 @@ impl Policy {
 // Identity
 // ---------------------------------------------------------------------------------------------
 
-/// Names already taken, for deduplication: quick hashes compared first, bytes on a hash
-/// match; a hash set past 64 names so a token with thousands of roles stays linear.
+/// Names already taken, for deduplication without allocating: quick hashes compared first,
+/// bytes on a hash match, in a fixed inline array; a hash set past that, so a token with
+/// thousands of roles stays linear.
 struct Seen<'a> {
-    small: Vec<(u64, &'a str)>,
+    small: [(u64, &'a str); SEEN_INLINE],
+    len: usize,
     big: Option<std::collections::HashSet<&'a str, ahash::RandomState>>,
 }
 
+const SEEN_INLINE: usize = 32;
+
 impl<'a> Seen<'a> {
-    fn with_capacity(n: usize) -> Self {
+    fn new() -> Self {
         Self {
-            small: Vec::with_capacity(n.min(64)),
+            small: [(0, ""); SEEN_INLINE],
+            len: 0,
             big: None,
         }
     }
@@ -470,7 +475,9 @@ impl<'a> Seen<'a> {
             Some(set) => set.contains(name),
             None => {
                 let h = quick_hash(name);
-                self.small.iter().any(|(x, s)| *x == h && *s == name)
+                self.small[..self.len]
+                    .iter()
+                    .any(|(x, s)| *x == h && *s == name)
             }
         }
     }
@@ -483,14 +490,15 @@ impl<'a> Seen<'a> {
         if self.contains(name) {
             return false;
         }
-        if self.small.len() == 64 {
+        if self.len == SEEN_INLINE {
             let mut set: std::collections::HashSet<&'a str, ahash::RandomState> =
                 self.small.iter().map(|(_, s)| *s).collect();
             set.insert(name);
             self.big = Some(set);
             return true;
         }
-        self.small.push((quick_hash(name), name));
+        self.small[self.len] = (quick_hash(name), name);
+        self.len += 1;
         true
     }
 }
@@ -512,78 +520,61 @@ fn quick_hash(s: &str) -> u64 {
     (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K)
 }
 
-/// A deduplicated list of role names in one allocation (roles are read far more often than
-/// built, and a Keycloak token easily carries dozens).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RoleList {
-    buf: Box<str>,
-    ends: Box<[u32]>,
+/// Role names shared by every identity that carries them: a realm has a few dozen roles and
+/// the verified-token cache may hold 100 000 identities, so one `Arc<str>` per distinct name
+/// instead of one allocation per role per token (and no malloc on the miss path once warm).
+/// Bound: [`ROLE_NAMES_CAPACITY`] names, quick_cache CLOCK-Pro eviction; an evicted name is
+/// simply allocated again on next sight (identities keep their `Arc`s).
+static ROLE_NAMES: std::sync::LazyLock<quick_cache::sync::Cache<Box<str>, Arc<str>>> =
+    std::sync::LazyLock::new(|| quick_cache::sync::Cache::new(ROLE_NAMES_CAPACITY));
+
+/// Bound of the role-name interner.
+pub const ROLE_NAMES_CAPACITY: usize = 16_384;
+
+fn intern_role(name: &str) -> Arc<str> {
+    if let Some(a) = ROLE_NAMES.get(name) {
+        return a;
+    }
+    let a: Arc<str> = Arc::from(name);
+    ROLE_NAMES.insert(name.into(), a.clone());
+    a
 }
 
-impl RoleList {
-    /// Builds a list from header-safe names, dropping repeats and any name in `exclude`.
-    /// Names containing a comma are dropped too: they would read as two roles in the
-    /// comma-joined header. `seen` carries name hashes between calls (cheap dedup).
-    fn build<'a>(
-        names: impl Iterator<Item = &'a str> + Clone,
-        max: usize,
-        seen: &mut Seen<'a>,
-    ) -> Self {
-        let (mut n, mut bytes) = (0usize, 0usize);
-        for r in names.clone() {
-            n += 1;
-            bytes += r.len();
-        }
-        let mut buf = String::with_capacity(bytes);
-        let mut ends: Vec<u32> = Vec::with_capacity(n);
-        for r in names {
-            let Some(r) = exact_clean(r, max).filter(|r| !r.contains(',')) else {
-                continue;
-            };
-            if !seen.insert(r) {
-                continue;
-            }
-            buf.push_str(r);
-            match u32::try_from(buf.len()) {
-                Ok(end) => ends.push(end),
-                Err(_) => break,
-            }
-        }
-        Self {
-            buf: buf.into_boxed_str(),
-            ends: ends.into_boxed_slice(),
-        }
-    }
+type RoleNames = Box<[Arc<str>]>;
 
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone + '_ {
-        let mut start = 0usize;
-        self.ends.iter().map(move |&e| {
-            let e = e as usize;
-            let s = self.buf.get(start..e).unwrap_or("");
-            start = e;
-            s
-        })
-    }
-
-    pub fn contains(&self, role: &str) -> bool {
-        self.iter().any(|r| r == role)
-    }
-}
-
-impl<'a> IntoIterator for &'a RoleList {
-    type Item = &'a str;
-    type IntoIter = Box<dyn Iterator<Item = &'a str> + 'a>;
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
+/// Realm, client and combined role lists, each deduplicated; header-unsafe names and names
+/// containing a comma (they would read as two roles in the joined header) are dropped.
+fn build_roles<'a>(
+    realm: impl Iterator<Item = &'a str>,
+    client: impl Iterator<Item = &'a str>,
+    max: usize,
+) -> (RoleNames, RoleNames, RoleNames) {
+    let usable = move |r: &'a str| exact_clean(r, max).filter(|r| !r.contains(','));
+    let mut in_realm = Seen::new();
+    let realm_roles: Vec<Arc<str>> = realm
+        .filter_map(usable)
+        .filter(|r| in_realm.insert(r))
+        .map(intern_role)
+        .collect();
+    let mut in_client = Seen::new();
+    let client_roles: Vec<Arc<str>> = client
+        .filter_map(usable)
+        .filter(|r| in_client.insert(r))
+        .map(intern_role)
+        .collect();
+    let mut all = Vec::with_capacity(realm_roles.len() + client_roles.len());
+    all.extend(realm_roles.iter().cloned());
+    all.extend(
+        client_roles
+            .iter()
+            .filter(|r| !in_realm.contains(r))
+            .cloned(),
+    );
+    (
+        realm_roles.into_boxed_slice(),
+        client_roles.into_boxed_slice(),
+        all.into_boxed_slice(),
+    )
 }
 
 /// The verified caller, as the proxy forwards it. Every string is safe for an HTTP header
@@ -593,10 +584,11 @@ pub struct Identity {
     pub sub: String,
     pub preferred_username: Option<String>,
     pub email: Option<String>,
-    /// `realm_access.roles`.
-    pub realm_roles: RoleList,
-    /// `resource_access.{client}.roles` over the configured clients, deduplicated.
-    pub client_roles: RoleList,
+    /// `realm_access.roles`, deduplicated.
+    pub realm_roles: Box<[Arc<str>]>,
+    /// `resource_access.{client}.roles` over the configured clients (in config order),
+    /// deduplicated.
+    pub client_roles: Box<[Arc<str>]>,
     /// From the configured permissions claim.
     pub permissions: Vec<String>,
     pub exp: u64,
@@ -614,13 +606,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Realm roles then client roles (a role present in both appears twice).
+    /// Realm roles then client roles, each once.
     pub fn roles(&self) -> impl Iterator<Item = &str> {
-        self.realm_roles.iter().chain(self.client_roles.iter())
+        self.all_roles.iter().map(|r| &**r)
     }
 
     pub fn has_role(&self, role: &str) -> bool {
-        self.realm_roles.contains(role) || self.client_roles.contains(role)
+        self.roles().any(|r| r == role)
     }
 }
 
@@ -718,16 +710,12 @@ fn build_identity(
         .and_then(|s| exact_clean(&s.0, max))
         .ok_or(AuthError::MissingSubject)?
         .to_owned();
-    let mut seen = Seen::with_capacity(c.realm_roles.len());
-    let realm_roles = RoleList::build(c.realm_roles.iter().map(|r| &*r.0), max, &mut seen);
-    let in_realm = seen;
-    let mut seen = Seen::with_capacity(c.client_roles.len());
-    let client_roles = RoleList::build(c.client_roles.iter().map(|r| &*r.0), max, &mut seen);
-    let header_roles = realm_roles
-        .iter()
-        .chain(client_roles.iter().filter(|r| !in_realm.contains(r)));
-    let all_roles: Box<[Arc<str>]> = header_roles.clone().map(Arc::from).collect();
-    let roles_header = join_capped(header_roles, max);
+    let (realm_roles, client_roles, all_roles) = build_roles(
+        c.realm_roles.iter().map(|r| &*r.0),
+        c.client_roles.iter().map(|r| &*r.0),
+        max,
+    );
+    let roles_header = join_capped(all_roles.iter().map(|r| &**r), max);
     let mut permissions = Vec::new();
     if let Some(path) = &policy.permissions {
         match path.resolve(&c.captured) {
@@ -973,15 +961,28 @@ impl<'de: 'a, 'a> Visitor<'de> for ResourceAccessSeed<'_, '_, 'a> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // Roles come out in configured-client order, whatever the document order.
+        let mut seen: u64 = 0;
         let mut parts: Vec<(usize, Vec<BStr<'a>>)> = Vec::new();
         while let Some(client) = map.next_key::<BStr<'de>>()? {
             match self.clients.iter().position(|c| **c == *client.0) {
                 Some(i) => {
-                    if parts.iter().any(|(j, _)| *j == i) {
+                    let dup = if i < 64 {
+                        let d = seen & (1 << i) != 0;
+                        seen |= 1 << i;
+                        d
+                    } else {
+                        parts.iter().any(|(j, _)| *j == i)
+                    };
+                    if dup {
                         return Err(de::Error::custom("duplicate client in resource_access"));
                     }
                     let access: Access<'de> = map.next_value()?;
-                    parts.push((i, access.roles.0));
+                    if self.clients.len() == 1 {
+                        // The common case: one client, nothing to order, no extra Vec.
+                        *self.out = access.roles.0;
+                    } else {
+                        parts.push((i, access.roles.0));
+                    }
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -1938,11 +1939,11 @@ mod tests {
         let c = parse(&p, &doc).unwrap();
         let id = build_identity(&c, &p, Arc::from("iss")).unwrap();
         assert_eq!(
-            id.realm_roles.iter().collect::<Vec<_>>(),
+            id.realm_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["viewer", "tenant_admin"]
         );
         assert_eq!(
-            id.client_roles.iter().collect::<Vec<_>>(),
+            id.client_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["agent", "viewer", "manager", "auditor"]
         );
         assert_eq!(
@@ -2108,11 +2109,11 @@ mod tests {
         assert_eq!(id.preferred_username.as_deref(), Some("ada"));
         assert_eq!(id.email.as_deref(), Some("ada@acme.example.com"));
         assert_eq!(
-            id.realm_roles.iter().collect::<Vec<_>>(),
+            id.realm_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["offline_access", "tenant_admin"]
         );
         assert_eq!(
-            id.client_roles.iter().collect::<Vec<_>>(),
+            id.client_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["agent", "viewer"]
         );
         assert_eq!(id.roles_header, "offline_access,tenant_admin,agent,viewer");
