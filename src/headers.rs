@@ -9,7 +9,11 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::{HeaderName, HeaderValue};
+use std::fmt::Write as _;
+
+use bytes::{Bytes, BytesMut};
+use http::header::FORWARDED;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -164,49 +168,86 @@ impl HeaderPolicy {
     /// Sets `X-Forwarded-For/-Proto/-Host` and RFC 7239 `Forwarded` for the upstream request.
     /// Incoming values are extended only when the direct peer is a trusted proxy; otherwise
     /// they are replaced, so a client cannot forge its address or scheme.
+    ///
+    /// Runs per request: names are constants and each value is built in one buffer.
     pub fn set_forwarding(
         &self,
-        req: &mut RequestHeader,
+        headers: &mut HeaderMap,
         peer: Option<IpAddr>,
-        proto: &str,
-        host: &str,
+        proto: &'static str,
+        host: &HeaderValue,
     ) {
         let trusted = self.is_trusted_proxy(peer);
-        let peer_s = peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let prior_xff = if trusted {
-            joined(req, "x-forwarded-for")
-        } else {
-            None
-        };
-        let xff = match prior_xff {
-            Some(p) => format!("{p}, {peer_s}"),
-            None => peer_s.clone(),
-        };
-        let node = match peer {
-            Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
-            Some(IpAddr::V4(v4)) => v4.to_string(),
-            None => "unknown".into(),
-        };
-        let this_hop = format!("for={node};proto={proto};host=\"{host}\"");
-        let forwarded = match trusted.then(|| joined(req, "forwarded")).flatten() {
-            Some(p) => format!("{p}, {this_hop}"),
-            None => this_hop,
-        };
-        let keep_proto_host = trusted && req.headers.contains_key("x-forwarded-proto");
-        let _ = req.insert_header("x-forwarded-for", xff);
-        let _ = req.insert_header("forwarded", forwarded);
+        let host_s = host.as_bytes();
+        let prior_xff = trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten();
+        let prior_fwd = trusted.then(|| joined(headers, &FORWARDED)).flatten();
+        let prior_len =
+            prior_xff.as_ref().map_or(0, String::len) + prior_fwd.as_ref().map_or(0, String::len);
+        // Both values share one buffer: one allocation for the pair.
+        let mut buf = BytesMut::with_capacity(prior_len + 2 * 48 + 32 + host_s.len());
+        if let Some(p) = &prior_xff {
+            buf.extend_from_slice(p.as_bytes());
+            buf.extend_from_slice(b", ");
+        }
+        push_ip(&mut buf, peer, false);
+        let xff = buf.split().freeze();
+        if let Some(p) = &prior_fwd {
+            buf.extend_from_slice(p.as_bytes());
+            buf.extend_from_slice(b", ");
+        }
+        buf.extend_from_slice(b"for=");
+        push_ip(&mut buf, peer, true);
+        buf.extend_from_slice(b";proto=");
+        buf.extend_from_slice(proto.as_bytes());
+        buf.extend_from_slice(b";host=\"");
+        buf.extend_from_slice(host_s);
+        buf.extend_from_slice(b"\"");
+        let fwd = buf.freeze();
+
+        let keep_proto_host = trusted && headers.contains_key(&X_FORWARDED_PROTO);
+        if let Ok(v) = HeaderValue::from_maybe_shared(xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(fwd) {
+            headers.insert(FORWARDED, v);
+        }
         if !keep_proto_host {
-            let _ = req.insert_header("x-forwarded-proto", proto);
-            let _ = req.insert_header("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
     }
 }
 
-fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends a peer address: IPv4 dotted, IPv6 bracketed and quoted in `Forwarded` (RFC 7239
+/// section 6), `unknown` without a peer. IPv4 avoids `fmt` (this runs on every request).
+fn push_ip(out: &mut BytesMut, peer: Option<IpAddr>, forwarded: bool) {
+    match peer {
+        Some(IpAddr::V4(v4)) => {
+            let mut buf = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b".");
+                }
+                out.extend_from_slice(buf.format(*o).as_bytes());
+            }
+        }
+        Some(IpAddr::V6(v6)) if forwarded => {
+            let _ = write!(out, "\"[{v6}]\"");
+        }
+        Some(IpAddr::V6(v6)) => {
+            let _ = write!(out, "{v6}");
+        }
+        None => out.extend_from_slice(b"unknown"),
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut out: Option<String> = None;
-    for v in req.headers.get_all(name) {
+    for v in headers.get_all(name) {
         let s = v.to_str().ok()?;
         match &mut out {
             Some(o) => {
@@ -230,9 +271,17 @@ pub fn is_valid_request_id(v: &[u8]) -> bool {
 }
 
 /// A fresh 128-bit random request id (32 hex characters).
-pub fn new_request_id() -> String {
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let v: u128 = rand::random();
-    format!("{v:032x}")
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    // Owned by a shared allocation from the start, so the copies forwarded upstream and
+    // echoed to the client are reference counts.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(out))
+        .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
 /// Makes a claim value safe as a header value: control characters dropped, length capped at
@@ -332,11 +381,12 @@ mod tests {
         req.append_header("X-Forwarded-For", "6.6.6.6").unwrap();
         req.append_header("X-Forwarded-Proto", "https").unwrap();
         req.append_header("Forwarded", "for=6.6.6.6").unwrap();
+        let mut req = http::request::Parts::from(req);
         p.set_forwarding(
-            &mut req,
+            &mut req.headers,
             Some("10.0.0.5".parse().unwrap()),
             "http",
-            "acme.example.com",
+            &HeaderValue::from_static("acme.example.com"),
         );
         assert_eq!(req.headers["x-forwarded-for"], "10.0.0.5");
         assert_eq!(req.headers["x-forwarded-proto"], "http");
@@ -355,20 +405,30 @@ mod tests {
         req.append_header("X-Forwarded-Proto", "https").unwrap();
         req.append_header("X-Forwarded-Host", "app.acmecorp.com")
             .unwrap();
+        req.append_header("Forwarded", "for=1.2.3.4").unwrap();
+        let mut req = http::request::Parts::from(req);
         p.set_forwarding(
-            &mut req,
+            &mut req.headers,
             Some("10.0.0.5".parse().unwrap()),
             "http",
-            "app.acmecorp.com",
+            &HeaderValue::from_static("app.acmecorp.com"),
         );
         assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.5");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
-        let mut v6 = RequestHeader::build("GET", b"/", None).unwrap();
-        p.set_forwarding(&mut v6, Some("::1".parse().unwrap()), "http", "h");
+        assert_eq!(req.headers["x-forwarded-host"], "app.acmecorp.com");
         assert_eq!(
-            v6.headers["forwarded"],
-            "for=\"[::1]\";proto=http;host=\"h\""
+            req.headers["forwarded"],
+            "for=1.2.3.4, for=10.0.0.5;proto=http;host=\"app.acmecorp.com\""
         );
+        let mut v6 = HeaderMap::new();
+        let h = HeaderValue::from_static("h");
+        p.set_forwarding(&mut v6, Some("::1".parse().unwrap()), "http", &h);
+        assert_eq!(v6["forwarded"], "for=\"[::1]\";proto=http;host=\"h\"");
+        assert_eq!(v6["x-forwarded-for"], "::1");
+        let mut none = HeaderMap::new();
+        p.set_forwarding(&mut none, None, "https", &h);
+        assert_eq!(none["x-forwarded-for"], "unknown");
+        assert_eq!(none["forwarded"], "for=unknown;proto=https;host=\"h\"");
     }
 
     #[test]
@@ -381,6 +441,7 @@ mod tests {
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(is_valid_request_id(id.as_bytes()));
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(id, new_request_id());
     }
 

@@ -26,6 +26,7 @@ use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use http::HeaderValue;
 use quick_cache::sync::Cache;
 use quick_cache::Equivalent;
 use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
@@ -428,9 +429,33 @@ pub struct Tenant {
     /// Upstream name/address override; `None` means the gateway's default upstream.
     pub upstream: Option<Arc<str>>,
     pub source: TenantSource,
+    /// `id` and `realm` as upstream header values, built once. `None` only for a name that
+    /// is not a valid header value, which validation refuses; the proxy fails closed on it.
+    #[serde(skip)]
+    pub id_value: Option<HeaderValue>,
+    #[serde(skip)]
+    pub realm_value: Option<HeaderValue>,
 }
 
 impl Tenant {
+    pub fn new(
+        id: Arc<str>,
+        realm: Arc<str>,
+        status: TenantStatus,
+        upstream: Option<Arc<str>>,
+        source: TenantSource,
+    ) -> Self {
+        Self {
+            id_value: HeaderValue::from_str(&id).ok(),
+            realm_value: HeaderValue::from_str(&realm).ok(),
+            id,
+            realm,
+            status,
+            upstream,
+            source,
+        }
+    }
+
     /// Only active tenants get traffic; pending is treated like suspended.
     pub fn is_serving(&self) -> bool {
         self.status == TenantStatus::Active
@@ -755,13 +780,13 @@ impl TenantTable {
                 errors.push(BuildError::new(format!("tenants[{i}].upstream"), m));
             }
             let realm: Arc<str> = def.realm.into();
-            let tenant = Arc::new(Tenant {
-                id: def.id.as_str().into(),
-                realm: realm.clone(),
-                status: def.status,
-                upstream: def.upstream.map(Into::into),
-                source: TenantSource::Static { index: i },
-            });
+            let tenant = Arc::new(Tenant::new(
+                def.id.as_str().into(),
+                realm.clone(),
+                def.status,
+                def.upstream.map(Into::into),
+                TenantSource::Static { index: i },
+            ));
             match by_id.entry(def.id.into_boxed_str()) {
                 Entry::Occupied(o) => errors.push(BuildError::new(
                     format!("tenants[{i}].id"),
@@ -951,18 +976,18 @@ impl TenantTable {
         let pattern = self.patterns.get(position)?;
         let tenant = match self.by_id.get(label_str) {
             Some(t) => t.clone(),
-            None => Arc::new(Tenant {
-                id: label_str.into(),
-                realm: pattern
+            None => Arc::new(Tenant::new(
+                label_str.into(),
+                pattern
                     .realm_template
                     .replace(TENANT_PLACEHOLDER, label_str)
                     .into(),
-                status: TenantStatus::Active,
-                upstream: pattern.upstream.clone(),
-                source: TenantSource::Pattern {
+                TenantStatus::Active,
+                pattern.upstream.clone(),
+                TenantSource::Pattern {
                     index: pattern.index,
                 },
-            }),
+            )),
         };
         self.dynamic.insert(
             DynKey {

@@ -191,6 +191,8 @@ impl ScopeId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scopes {
     names: Box<[Box<str>]>,
+    /// The names as header values (`X-Auth-Scope` is forwarded on every allowed request).
+    values: Box<[http::HeaderValue]>,
 }
 
 impl Scopes {
@@ -227,6 +229,14 @@ impl Scopes {
         }
         Ok(Scopes {
             names: names.iter().map(|n| n.as_ref().into()).collect(),
+            // Validated above: a-z, 0-9, '_' and '-' are always valid header values.
+            values: names
+                .iter()
+                .map(|n| {
+                    http::HeaderValue::from_str(n.as_ref())
+                        .unwrap_or(http::HeaderValue::from_static("?"))
+                })
+                .collect(),
         })
     }
 
@@ -242,6 +252,11 @@ impl Scopes {
     /// foreign id yields `"?"` rather than a panic.
     pub fn name(&self, id: ScopeId) -> &str {
         self.names.get(usize::from(id.0)).map_or("?", |n| n)
+    }
+
+    /// [`Self::name`] as a header value; `None` for a foreign id.
+    pub fn value(&self, id: ScopeId) -> Option<&http::HeaderValue> {
+        self.values.get(usize::from(id.0))
     }
 
     pub fn narrowest(&self) -> ScopeId {

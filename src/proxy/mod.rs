@@ -7,6 +7,7 @@
 
 mod host;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::authz::{
 };
 use crate::config::RuntimeConfig;
 use crate::grants::GrantSource;
-use crate::headers::{header_value, is_valid_request_id, new_request_id};
+use crate::headers::{is_valid_request_id, new_request_id};
 use crate::metrics::metrics;
 use crate::respond::{Challenge, Rejection};
 use crate::state::Shared;
@@ -285,8 +286,7 @@ impl ProxyHttp for Gateway {
         // Request id first, so every answer (refusals included) carries one.
         ctx.request_id = Some(match req.headers.get(&cfg.headers.request_id) {
             Some(v) if is_valid_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_str(&new_request_id())
-                .unwrap_or(HeaderValue::from_static("invalid")),
+            _ => new_request_id(),
         });
 
         // Before anything else: the client never speaks for realmgate.
@@ -500,50 +500,70 @@ impl ProxyHttp for Gateway {
                 "no routing decision",
             ));
         };
-        // Forward exactly the target that was authorised (canonical, origin-form).
-        if let Some(target) = ctx.forward_target.take() {
-            upstream.set_raw_path(&target)?;
-        }
+        // Pingora's header API re-parses the name and keeps a second, case-preserving map on
+        // every insert; that was most of the gateway's per-request cost. So the headers are
+        // edited as plain `http` parts (one reservation, pre-built names and values) and the
+        // request is rebuilt without the case map: names go upstream in lowercase, as HAProxy
+        // and Envoy send them (HTTP field names are case-insensitive, RFC 9110 section 5.1).
+        let raw_target = ctx.forward_target.take().or_else(|| {
+            let raw = upstream.raw_path();
+            let via_uri = upstream
+                .uri
+                .path_and_query()
+                .map_or(&b"/"[..], |p| p.as_str().as_bytes());
+            (raw != via_uri).then(|| raw.to_vec())
+        });
+        let end_stream = upstream.send_end_stream();
+        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let mut parts = http::request::Parts::from(std::mem::replace(upstream, placeholder));
+        let headers = &mut parts.headers;
+        headers.reserve(16);
+
         let h = &cfg.headers;
-        upstream.insert_header(h.tenant.clone(), &*tenant.id)?;
+        let fail_closed = || Error::explain(ErrorType::InternalError, "tenant header value");
+        headers.insert(
+            h.tenant.clone(),
+            tenant.id_value.clone().ok_or_else(fail_closed)?,
+        );
+        headers.insert(
+            h.realm.clone(),
+            tenant.realm_value.clone().ok_or_else(fail_closed)?,
+        );
         if let Some(id) = &ctx.identity {
-            let max = h.max_value_len;
-            upstream.insert_header(
-                h.user_id.clone(),
-                header_value(&id.sub, max).unwrap_or(HeaderValue::from_static("")),
-            )?;
-            if let Some(v) = id
-                .preferred_username
-                .as_deref()
-                .and_then(|v| header_value(v, max))
-            {
-                upstream.insert_header(h.user_name.clone(), v)?;
+            let v = &id.values;
+            headers.insert(h.user_id.clone(), v.sub.clone());
+            if let Some(name) = &v.preferred_username {
+                headers.insert(h.user_name.clone(), name.clone());
             }
-            if let Some(v) = id.email.as_deref().and_then(|v| header_value(v, max)) {
-                upstream.insert_header(h.user_email.clone(), v)?;
+            if let Some(email) = &v.email {
+                headers.insert(h.user_email.clone(), email.clone());
             }
-            if let Some(v) = header_value(&id.roles_header, max) {
-                upstream.insert_header(h.roles.clone(), v)?;
-            }
+            headers.insert(h.roles.clone(), v.roles.clone());
             for (name, value) in &id.extra {
-                upstream.insert_header(name.clone(), value.clone())?;
+                headers.insert(name.clone(), value.clone());
             }
-            if let Some(scope) = ctx.scope_name() {
-                upstream.insert_header(h.scope.clone(), scope)?;
+            if let Some(scope) = ctx.scope.and_then(|s| cfg.catalog.scopes().value(s)) {
+                headers.insert(h.scope.clone(), scope.clone());
             }
             if cfg.raw.keycloak.strip_authorization {
-                upstream.remove_header(&http::header::AUTHORIZATION);
+                headers.remove(http::header::AUTHORIZATION);
             }
             // Signed identity assertion: one ES256 signature when on, one `Option` check when off.
             if let (Some(a), Some(key)) = (&cfg.assertion, &self.shared.assertion) {
-                let path = String::from_utf8_lossy(upstream.raw_path());
+                let path = match &raw_target {
+                    Some(t) => String::from_utf8_lossy(t),
+                    None => parts
+                        .uri
+                        .path_and_query()
+                        .map_or(Cow::Borrowed("/"), |p| Cow::Borrowed(p.as_str())),
+                };
                 let claims = crate::assertion::Assertion {
                     tenant: &tenant.id,
                     realm: &tenant.realm,
                     sub: &id.sub,
                     roles: &id.all_roles,
                     scope: ctx.scope_name(),
-                    method: upstream.method.as_str(),
+                    method: parts.method.as_str(),
                     path: &path,
                     request_id: ctx.request_id_str(),
                 };
@@ -552,22 +572,17 @@ impl ProxyHttp for Gateway {
                     .map_err(|e| {
                         Error::because(ErrorType::InternalError, "identity assertion", e)
                     })?;
-                upstream.insert_header(a.header.clone(), token)?;
+                parts.headers.insert(a.header.clone(), token);
             }
         }
-        upstream.insert_header(h.realm.clone(), &*tenant.realm)?;
+        let headers = &mut parts.headers;
         if let Some(id) = &ctx.request_id {
-            upstream.insert_header(h.request_id.clone(), id.clone())?;
+            headers.insert(h.request_id.clone(), id.clone());
         }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let host = ctx
-            .host
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
         let proto = if session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -577,7 +592,19 @@ impl ProxyHttp for Gateway {
         } else {
             "http"
         };
-        h.set_forwarding(upstream, peer, proto, host);
+        let host = ctx
+            .host
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static(""));
+        h.set_forwarding(headers, peer, proto, &host);
+
+        *upstream = RequestHeader::from(parts);
+        if let Some(t) = &raw_target {
+            upstream.set_raw_path(t)?;
+        }
+        if let Some(end) = end_stream {
+            upstream.set_send_end_stream(end);
+        }
         Ok(())
     }
 
@@ -589,7 +616,18 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
         if let (Some(cfg), Some(id)) = (&ctx.config, &ctx.request_id) {
-            resp.insert_header(cfg.headers.request_id.clone(), id.clone())?;
+            // As upstream: plain `http` parts, no case map (names go out lowercase, as from
+            // HAProxy; HTTP/2 clients only ever see lowercase). The reason phrase is kept.
+            let reason = resp.get_reason_phrase().map(str::to_owned);
+            let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+            let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+            parts
+                .headers
+                .insert(cfg.headers.request_id.clone(), id.clone());
+            *resp = ResponseHeader::from(parts);
+            if reason.is_some() {
+                resp.set_reason_phrase(reason.as_deref())?;
+            }
         }
         Ok(())
     }
