@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use pingora::server::RunArgs;
 use realmgate::config::{self, ProcessEnv};
 use realmgate::explain::{explain, Credentials};
 use realmgate::server::{build_server, ProcessOptions};
+use realmgate::telemetry::Writer;
 
 /// Exit code for an invalid configuration (BSD `EX_CONFIG`).
 const EX_CONFIG: u8 = 78;
@@ -101,10 +103,13 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            realmgate::telemetry::init(&realmgate::config::raw::LoggingSection {
-                level: "warn".into(),
-                ..Default::default()
-            });
+            let _log = realmgate::telemetry::init(
+                &realmgate::config::raw::LoggingSection {
+                    level: "warn".into(),
+                    ..Default::default()
+                },
+                Writer::Direct,
+            );
             let creds = match (token, claims) {
                 (Some(path), _) => match std::fs::read_to_string(&path) {
                     Ok(t) => Credentials::Token(t),
@@ -141,13 +146,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { proxy, admin } => {
-            realmgate::telemetry::init(&realmgate::config::raw::LoggingSection::default());
+            let log = realmgate::telemetry::init(
+                &realmgate::config::raw::LoggingSection::default(),
+                Writer::Buffered,
+            );
             match realmgate::demo::prepare(&realmgate::demo::DemoOptions { proxy, admin }) {
                 Ok((server, walkthrough)) => {
                     println!("{walkthrough}");
                     use std::io::Write as _;
                     let _ = std::io::stdout().flush();
-                    server.run_forever()
+                    server.run(RunArgs::default());
+                    drop(log);
+                    ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("cannot start the demo: {e}");
@@ -164,7 +174,15 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            realmgate::telemetry::init(&cfg.raw.logging);
+            // A writer thread would not survive daemonizing (fork), so daemons log directly.
+            let log = realmgate::telemetry::init(
+                &cfg.raw.logging,
+                if daemon {
+                    Writer::Direct
+                } else {
+                    Writer::Buffered
+                },
+            );
             tracing::info!(
                 config = %config.display(),
                 proxy = %cfg.proxy_addr,
@@ -173,7 +191,13 @@ fn main() -> ExitCode {
                 env!("CARGO_PKG_VERSION")
             );
             match build_server(cfg, &ProcessOptions { upgrade, daemon }) {
-                Ok((server, _shared)) => server.run_forever(),
+                Ok((server, _shared)) => {
+                    // `run` returns after a graceful shutdown (`run_forever` would exit
+                    // without flushing the log queue).
+                    server.run(RunArgs::default());
+                    drop(log);
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("cannot start: {e}");
                     ExitCode::FAILURE
