@@ -24,12 +24,23 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A port that was free a moment ago (Pingora cannot report what it bound for `:0`).
+/// A port nothing listens on. Never the same port twice in one test process: the kernel may
+/// hand an ephemeral port out again once its probe socket is closed, and two parallel tests
+/// (or a gateway's proxy and admin ports) must not collide.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_port(addr: SocketAddr) {
