@@ -6,7 +6,6 @@
 //! folding case and treating `_` like `-`: WSGI/ASGI servers map `X_Tenant_ID` and
 //! `X-Tenant-ID` to the same variable, and that gap gave oauth2-proxy GHSA-vjrc-mh2v-45x6.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use std::fmt::Write as _;
@@ -284,28 +283,6 @@ pub fn new_request_id() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
-/// Makes a claim value safe as a header value: control characters dropped, length capped at
-/// a character boundary. Borrowed when already clean.
-pub fn sanitize_value(v: &str, max: usize) -> Cow<'_, str> {
-    let clean = !v.chars().any(char::is_control) && v.len() <= max;
-    if clean {
-        return Cow::Borrowed(v);
-    }
-    let mut out = String::with_capacity(v.len().min(max));
-    for c in v.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    Cow::Owned(out)
-}
-
-/// A header value from sanitised text (non-ASCII is allowed by `HeaderValue` as opaque bytes).
-pub fn header_value(v: &str, max: usize) -> Option<HeaderValue> {
-    HeaderValue::from_str(&sanitize_value(v, max)).ok()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -443,16 +420,5 @@ mod tests {
         assert!(is_valid_request_id(id.as_bytes()));
         assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(id, new_request_id());
-    }
-
-    #[test]
-    fn sanitize() {
-        assert!(matches!(
-            sanitize_value("alice", 16),
-            Cow::Borrowed("alice")
-        ));
-        assert_eq!(sanitize_value("al\r\nice", 16), "alice");
-        assert_eq!(sanitize_value("ééééééééééé", 5), "éé");
-        assert!(header_value("a\u{0}b", 16).is_some());
     }
 }

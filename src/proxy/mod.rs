@@ -618,7 +618,11 @@ impl ProxyHttp for Gateway {
         if let (Some(cfg), Some(id)) = (&ctx.config, &ctx.request_id) {
             // As upstream: plain `http` parts, no case map (names go out lowercase, as from
             // HAProxy; HTTP/2 clients only ever see lowercase). The reason phrase is kept.
-            let reason = resp.get_reason_phrase().map(str::to_owned);
+            // Only a non-standard phrase needs carrying over (no copy for "200 OK").
+            let reason = resp
+                .get_reason_phrase()
+                .filter(|r| Some(*r) != resp.status.canonical_reason())
+                .map(str::to_owned);
             let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
             let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
             parts
