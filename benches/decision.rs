@@ -32,11 +32,11 @@ use http::{HeaderMap, HeaderValue, Method};
 use realmgate::authz::{canonicalize, match_layered, Access, PermissionSet, RouteRule};
 use realmgate::config::{self, RuntimeConfig};
 use realmgate::demo::SigningKey;
-use realmgate::grants::{GrantSource, GrantStore};
+use realmgate::grants::GrantStore;
 use realmgate::jwks::{key_store, KeyStore};
 use realmgate::metrics::metrics;
-use realmgate::tenant::Tenant;
-use realmgate::verify::{extract_token, Identity, Verifier};
+use realmgate::proxy::permission_set;
+use realmgate::verify::{extract_token, Verifier};
 use serde_json::json;
 
 const TENANTS: usize = 10_000;
@@ -247,7 +247,7 @@ async fn decide(f: &Fixture) -> Option<&'static str> {
         .verify(&tenant.id, &tenant.realm, token)
         .await
         .ok()?;
-    let set = permission_set(f, &cfg, &tenant, &identity).await;
+    let set = permission_set(&f.grants, &cfg, &tenant, &identity).await;
     let scope = req.authorize(&set)?;
     let scope: Box<str> = Box::from(cfg.catalog.scopes().name(scope));
     // What `audit_decision` records besides its tracing event.
@@ -262,35 +262,6 @@ async fn decide(f: &Fixture) -> Option<&'static str> {
         "tenant" => Some("tenant"),
         _ => Some("other"),
     }
-}
-
-/// Same closure as `Gateway::permission_set` in `src/proxy/mod.rs`.
-async fn permission_set(
-    f: &Fixture,
-    cfg: &Arc<RuntimeConfig>,
-    tenant: &Tenant,
-    identity: &Identity,
-) -> Arc<PermissionSet> {
-    let roles = cfg.roles_for(tenant);
-    f.grants
-        .effective(&tenant.id, &identity.sub, &identity.all_roles, |source| {
-            let redis: Vec<&str> = match source {
-                GrantSource::Redis(raw) => raw
-                    .user
-                    .iter()
-                    .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
-                    .map(String::as_str)
-                    .collect(),
-                GrantSource::Unavailable | GrantSource::Disabled => Vec::new(),
-            };
-            let (set, _rejected) = roles.compile(
-                &cfg.catalog,
-                identity.all_roles.iter().map(|r| &**r),
-                identity.permissions.iter().map(String::as_str).chain(redis),
-            );
-            set
-        })
-        .await
 }
 
 fn decision(c: &mut Criterion) {
@@ -349,7 +320,7 @@ fn decision(c: &mut Criterion) {
     c.bench_function("decision_step_grants_hit", |b| {
         b.iter(|| {
             f.grants
-                .effective(&tenant.id, &identity.sub, &identity.all_roles, |_| {
+                .effective(&tenant.id, identity.sub(), identity.all_roles(), |_| {
                     unreachable!("grant-cache hit expected")
                 })
                 .now_or_never()

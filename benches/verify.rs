@@ -93,7 +93,7 @@ fn run(v: &Verifier, token: &str) -> usize {
         .now_or_never()
         .expect("no await on a loaded realm")
         .expect("valid token");
-    id.realm_roles.len() + id.client_roles.len()
+    id.role_set.realm.len() + id.role_set.client.len()
 }
 
 fn benches(c: &mut Criterion) {

@@ -283,11 +283,11 @@ pub async fn explain(
             match result {
                 Ok(Ok(id)) => {
                     out.step("token", format!("verified against {issuer} (signature, alg, iss, aud/azp, exp/nbf/iat, typ)"));
-                    out.note(format!("sub {}", id.sub));
+                    out.note(format!("sub {}", id.sub()));
                     Caller {
-                        sub: id.sub.clone(),
-                        roles: id.all_roles.to_vec(),
-                        permissions: id.permissions.clone(),
+                        sub: id.sub().to_owned(),
+                        roles: id.all_roles().to_vec(),
+                        permissions: id.permissions.iter().map(|p| p.to_string()).collect(),
                     }
                 }
                 Ok(Err(e)) => {

@@ -4,7 +4,7 @@
 //! - **One fetcher.** Pingora runs every service on its own tokio runtime, and a reqwest
 //!   client's pooled connections belong to the runtime that created them ("dispatch dropped").
 //!   So all discovery/JWKS HTTP happens in the [`JwksRefresher`] task. The request path only
-//!   sends it a [`Cmd`] over a channel and waits, bounded, on the realm's `watch` channel.
+//!   sends it a [`Cmd`] over a channel and waits, bounded, on the realm's `Notify`.
 //! - **Lock-free reads.** The request path reads [`KeyStore`] through `arc-swap` snapshots: the
 //!   realm map, and per realm a [`KeySet`] of keys parsed once into aws-lc-rs
 //!   `ParsedPublicKey`s (never per request).
@@ -229,7 +229,8 @@ pub struct JwksSettings {
     /// burst 2x). This, not the attacker's request rate, bounds what random subdomains cost
     /// the IdP.
     pub new_realms_per_second: u32,
-    pub realm_overrides: HashMap<String, RealmOverride>,
+    /// Shared: the config and the key store hold the same map (10 000 realms, ~2 MiB).
+    pub realm_overrides: Arc<HashMap<String, RealmOverride>>,
 }
 
 impl Default for JwksSettings {
@@ -248,7 +249,7 @@ impl Default for JwksSettings {
             negative_ttl: Duration::from_secs(60),
             max_dynamic_realms: 1000,
             new_realms_per_second: 20,
-            realm_overrides: HashMap::new(),
+            realm_overrides: Arc::default(),
         }
     }
 }
@@ -692,8 +693,10 @@ pub(crate) struct Realm {
     /// Evicted or removed: keys installed later are retired at once.
     dropped: AtomicBool,
     gate: Mutex<Gate>,
-    /// Bumped after every fetch attempt, success or not; request-path waiters watch it.
-    done: watch::Sender<u64>,
+    /// Notified after every fetch attempt, success or not; request-path waiters wait on it.
+    /// A `Notify` (a few words) rather than a `watch` channel (hundreds of bytes): 10 000
+    /// static realms each carry one.
+    done: Notify,
     memo: Mutex<FetchMemo>,
 }
 
@@ -712,7 +715,7 @@ impl Realm {
                 in_flight: false,
                 last_started: None,
             }),
-            done: watch::channel(0).0,
+            done: Notify::new(),
             memo: Mutex::new(FetchMemo::default()),
         }
     }
@@ -777,7 +780,7 @@ struct FetchGuard(Arc<Realm>);
 impl Drop for FetchGuard {
     fn drop(&mut self) {
         self.0.gate.lock().in_flight = false;
-        self.0.done.send_modify(|v| *v = v.wrapping_add(1));
+        self.0.done.notify_waiters();
     }
 }
 
@@ -1081,7 +1084,9 @@ impl KeyStore {
         wait: Duration,
         settings: &JwksSettings,
     ) -> Waited {
-        let mut rx = {
+        // Registered under the gate lock, before the fetch can end: `notify_waiters` reaches
+        // a `Notified` from the moment it is created, polled or not.
+        let done = {
             let mut gate = realm.gate.lock();
             if !gate.in_flight {
                 if let Some(started) = gate.last_started {
@@ -1097,10 +1102,10 @@ impl KeyStore {
                 gate.in_flight = true;
                 gate.last_started = Some(Instant::now());
             }
-            realm.done.subscribe()
+            realm.done.notified()
         };
         if !wait.is_zero() {
-            let _ = tokio::time::timeout(wait, rx.changed()).await;
+            let _ = tokio::time::timeout(wait, done).await;
         }
         Waited::Done
     }
@@ -1646,12 +1651,20 @@ async fn fetch_keys(
     }
 }
 
+/// Fetches (IdP requests or key-file reads) in flight at once. A gateway with 10 000 static
+/// realms must not open 10 000 connections to Keycloak at start (nor park 10 000 reads on the
+/// blocking pool, whose threads and malloc arenas outlive the burst); queued fetches wait here.
+pub const MAX_CONCURRENT_FETCHES: usize = 16;
+
 async fn fetch_task(
     store: Arc<KeyStore>,
     client: Option<reqwest::Client>,
     realm: Arc<Realm>,
+    slots: Arc<tokio::sync::Semaphore>,
 ) -> (Arc<Realm>, Outcome) {
     let _guard = FetchGuard(realm.clone());
+    // The semaphore is never closed; if it were, fetching unthrottled beats not fetching.
+    let _slot = slots.acquire().await.ok();
     let settings = store.settings();
     let res = fetch_keys(client.as_ref(), &settings, &realm).await;
     let outcome = store.apply(&realm, res);
@@ -1730,12 +1743,18 @@ impl JwksRefresher {
             }
         };
         let mut tasks: JoinSet<(Arc<Realm>, Outcome)> = JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES));
         let mut sched = Schedule::default();
         let statics = store.static_list();
         info!(realms = statics.len(), "loading static realms");
         for realm in statics {
             if claim(&realm) {
-                tasks.spawn(fetch_task(store.clone(), client.clone(), realm));
+                tasks.spawn(fetch_task(
+                    store.clone(),
+                    client.clone(),
+                    realm,
+                    slots.clone(),
+                ));
             }
         }
         while !tasks.is_empty() {
@@ -1763,7 +1782,7 @@ impl JwksRefresher {
                 _ = shutdown.changed() => break,
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Fetch(realm)) => {
-                        tasks.spawn(fetch_task(store.clone(), client.clone(), realm));
+                        tasks.spawn(fetch_task(store.clone(), client.clone(), realm, slots.clone()));
                     }
                     None => break,
                 },
@@ -1773,7 +1792,7 @@ impl JwksRefresher {
                         if realm.is_static() && realm.state() != LOADED
                             && !sched.entries.contains_key(realm.name()) && claim(&realm)
                         {
-                            tasks.spawn(fetch_task(store.clone(), client.clone(), realm));
+                            tasks.spawn(fetch_task(store.clone(), client.clone(), realm, slots.clone()));
                         }
                     }
                 }
@@ -1791,7 +1810,7 @@ impl JwksRefresher {
                                     e.due = now + Duration::from_secs(3600);
                                 }
                                 if claim(&realm) {
-                                    tasks.spawn(fetch_task(store.clone(), client.clone(), realm));
+                                    tasks.spawn(fetch_task(store.clone(), client.clone(), realm, slots.clone()));
                                 }
                             }
                             _ => { sched.entries.remove(&name); }
@@ -2515,7 +2534,7 @@ mod tests {
                 "https://kc.example.com/realms/tenant-acme/.well-known/openid-configuration".into()
             )
         );
-        s.realm_overrides.insert(
+        Arc::make_mut(&mut s.realm_overrides).insert(
             "azure".into(),
             RealmOverride {
                 issuer: Some("https://login.example.com/tid/v2.0".into()),
@@ -2679,7 +2698,7 @@ mod tests {
         std::fs::write(&path, set(vec![rsa_b().jwk("file-1")])).unwrap();
         let mut settings = test_settings(&idp.base);
         settings.refresh = Duration::from_millis(200);
-        settings.realm_overrides.insert(
+        Arc::make_mut(&mut settings.realm_overrides).insert(
             "ext".into(),
             RealmOverride {
                 issuer: Some("https://issuer.example.com".into()),
@@ -2687,7 +2706,7 @@ mod tests {
                 ..RealmOverride::default()
             },
         );
-        settings.realm_overrides.insert(
+        Arc::make_mut(&mut settings.realm_overrides).insert(
             "airgap".into(),
             RealmOverride {
                 jwks_file: Some(path.clone()),
@@ -2814,7 +2833,7 @@ mod tests {
         assert!(b_key.is_retired(), "removed realm's keys are dropped");
         // Changing a realm's key source replaces it (and retires its keys).
         let mut changed = settings.clone();
-        changed.realm_overrides.insert(
+        Arc::make_mut(&mut changed.realm_overrides).insert(
             "cfg-a".into(),
             RealmOverride {
                 algorithms: Some(vec![Alg::RS256, Alg::PS256]),

@@ -29,7 +29,7 @@ pub struct Shared {
     /// Set when graceful shutdown starts, so `/readyz` turns away new traffic first.
     draining: AtomicBool,
     /// The file's config (before run-time tenants are merged in) and where it came from.
-    base: Mutex<(RawConfig, Option<PathBuf>)>,
+    base: Mutex<(Arc<RawConfig>, Option<PathBuf>)>,
     /// Tenants provisioned at run time through Redis (see `tenant_sync`).
     runtime_tenants: Mutex<Vec<TenantSection>>,
 }
@@ -111,8 +111,15 @@ impl Shared {
     /// Installs a new file config, merged with the run-time tenants, and swaps it in.
     pub fn install(&self, raw: RawConfig, source: Option<PathBuf>) -> Result<(), ConfigError> {
         let extra = self.runtime_tenants.lock().clone();
-        let cfg = merged(raw.clone(), source.clone(), &extra)?;
-        *self.base.lock() = (raw, source);
+        let raw = Arc::new(raw);
+        let cfg = merged(&raw, source.clone(), &extra)?;
+        // Without run-time tenants the compiled config's schema is the base: share it.
+        let base = if extra.is_empty() {
+            cfg.raw.clone()
+        } else {
+            raw
+        };
+        *self.base.lock() = (base, source);
         self.apply(cfg);
         Ok(())
     }
@@ -133,7 +140,7 @@ impl Shared {
             !clash
         });
         let base_len = raw.tenants.len();
-        let cfg = match merged(raw.clone(), source.clone(), &tenants) {
+        let cfg = match merged(&raw, source.clone(), &tenants) {
             Ok(cfg) => cfg,
             Err(e) => {
                 // Drop every run-time tenant an error names, then try once more.
@@ -162,10 +169,17 @@ impl Shared {
                     i += 1;
                     keep
                 });
-                merged(raw, source, &tenants)?
+                merged(&raw, source, &tenants)?
             }
         };
         let kept = tenants.len();
+        if kept == 0 {
+            // Same schema as the base: keep one copy.
+            let mut base = self.base.lock();
+            if Arc::ptr_eq(&base.0, &raw) {
+                base.0 = cfg.raw.clone();
+            }
+        }
         *self.runtime_tenants.lock() = tenants;
         self.apply(cfg);
         Ok(kept)
@@ -196,10 +210,11 @@ impl Shared {
 
 /// The file config with run-time tenants appended, compiled.
 fn merged(
-    mut raw: RawConfig,
+    base: &RawConfig,
     source: Option<PathBuf>,
     extra: &[TenantSection],
 ) -> Result<RuntimeConfig, ConfigError> {
+    let mut raw = base.clone();
     raw.tenants.extend(extra.iter().cloned());
     RuntimeConfig::compile(raw, source)
 }

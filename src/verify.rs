@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use base64::Engine;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::{Histogram, IntCounter};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -372,17 +373,23 @@ impl ClaimPath {
     }
 }
 
-/// One verified token. Bound: the cache's capacity; eviction: quick_cache CLOCK-Pro.
-struct CacheEntry {
-    /// The token's signature segment: a hit must present the same one (see [`Verifier`]).
-    sig: Box<str>,
-    identity: Arc<Identity>,
-    key: Arc<PreparedKey>,
-    issuer: Arc<str>,
-    generation: u64,
-}
+/// Verified identities by token hash; each carries its [`Proof`]. Bound: the cache's capacity;
+/// eviction: quick_cache CLOCK-Pro.
+type TokenCache = quick_cache::sync::Cache<u64, Arc<Identity>>;
 
-type TokenCache = quick_cache::sync::Cache<u64, Arc<CacheEntry>>;
+/// Signature characters a cache entry pins: 24 base64url characters are 144 bits of the
+/// signature (every supported signature is at least 86 characters, so the tail never reaches
+/// the payload).
+const SIG_TAIL: usize = 24;
+
+/// The last [`SIG_TAIL`] bytes of `token`, zero-padded on the left if it is shorter.
+fn sig_tail(token: &str) -> [u8; SIG_TAIL] {
+    let b = token.as_bytes();
+    let n = b.len().min(SIG_TAIL);
+    let mut t = [0u8; SIG_TAIL];
+    t[SIG_TAIL - n..].copy_from_slice(&b[b.len() - n..]);
+    t
+}
 
 /// Compiled [`VerifySettings`].
 struct Policy {
@@ -523,9 +530,9 @@ fn quick_hash(s: &str) -> u64 {
     (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K)
 }
 
-/// Role names shared by every identity that carries them: a realm has a few dozen roles and
-/// the verified-token cache may hold 100 000 identities, so one `Arc<str>` per distinct name
-/// instead of one allocation per role per token (and no malloc on the miss path once warm).
+/// Role and client names shared by every identity that carries them: a realm has a few dozen
+/// roles and the verified-token cache may hold 100 000 identities, so one `Arc<str>` per
+/// distinct name instead of one allocation per role per token (and no malloc on the miss path once warm).
 /// Bound: [`ROLE_NAMES_CAPACITY`] names, quick_cache CLOCK-Pro eviction; an evicted name is
 /// simply allocated again on next sight (identities keep their `Arc`s).
 static ROLE_NAMES: std::sync::LazyLock<quick_cache::sync::Cache<Box<str>, Arc<str>>> =
@@ -534,7 +541,7 @@ static ROLE_NAMES: std::sync::LazyLock<quick_cache::sync::Cache<Box<str>, Arc<st
 /// Bound of the role-name interner.
 pub const ROLE_NAMES_CAPACITY: usize = 16_384;
 
-fn intern_role(name: &str) -> Arc<str> {
+fn intern_name(name: &str) -> Arc<str> {
     if let Some(a) = ROLE_NAMES.get(name) {
         return a;
     }
@@ -543,7 +550,17 @@ fn intern_role(name: &str) -> Arc<str> {
     a
 }
 
-type RoleNames = Box<[Arc<str>]>;
+/// Distinct role combinations, shared by every identity that carries one: 100 000 cached
+/// tokens of a realm with a few dozen role combinations hold a few dozen [`RoleSet`]s.
+/// Bound: [`ROLE_SETS_CAPACITY`], quick_cache CLOCK-Pro eviction; an evicted combination is
+/// built again on next sight (identities keep their `Arc`s).
+static ROLE_SETS: std::sync::LazyLock<quick_cache::sync::Cache<u64, Arc<RoleSet>>> =
+    std::sync::LazyLock::new(|| quick_cache::sync::Cache::new(ROLE_SETS_CAPACITY));
+static ROLE_SET_HASHER: std::sync::LazyLock<ahash::RandomState> =
+    std::sync::LazyLock::new(ahash::RandomState::new);
+
+/// Bound of the role-combination interner.
+pub const ROLE_SETS_CAPACITY: usize = 4_096;
 
 /// Realm, client and combined role lists, each deduplicated; header-unsafe names and names
 /// containing a comma (they would read as two roles in the joined header) are dropped.
@@ -551,20 +568,26 @@ fn build_roles<'a>(
     realm: impl Iterator<Item = &'a str>,
     client: impl Iterator<Item = &'a str>,
     max: usize,
-) -> (RoleNames, RoleNames, RoleNames) {
+) -> Arc<RoleSet> {
     let usable = move |r: &'a str| exact_clean(r, max).filter(|r| !r.contains(','));
     let mut in_realm = Seen::new();
     let realm_roles: Vec<Arc<str>> = realm
         .filter_map(usable)
         .filter(|r| in_realm.insert(r))
-        .map(intern_role)
+        .map(intern_name)
         .collect();
     let mut in_client = Seen::new();
     let client_roles: Vec<Arc<str>> = client
         .filter_map(usable)
         .filter(|r| in_client.insert(r))
-        .map(intern_role)
+        .map(intern_name)
         .collect();
+    let key = ROLE_SET_HASHER.hash_one((&realm_roles, &client_roles, max));
+    if let Some(set) = ROLE_SETS.get(&key) {
+        if set.max == max && *set.realm == *realm_roles && *set.client == *client_roles {
+            return set;
+        }
+    }
     let mut all = Vec::with_capacity(realm_roles.len() + client_roles.len());
     all.extend(realm_roles.iter().cloned());
     all.extend(
@@ -573,57 +596,137 @@ fn build_roles<'a>(
             .filter(|r| !in_realm.contains(r))
             .cloned(),
     );
-    (
-        realm_roles.into_boxed_slice(),
-        client_roles.into_boxed_slice(),
-        all.into_boxed_slice(),
-    )
+    let joined = join_capped(all.iter().map(|r| &**r), max);
+    let set = Arc::new(RoleSet {
+        realm: realm_roles.into_boxed_slice(),
+        client: client_roles.into_boxed_slice(),
+        all: all.into_boxed_slice(),
+        header: HeaderValue::from_str(&joined).unwrap_or(HeaderValue::from_static("")),
+        max,
+    });
+    ROLE_SETS.insert(key, set.clone());
+    set
 }
 
 /// The verified caller, as the proxy forwards it. Every string is safe for an HTTP header
 /// value: no control characters, trimmed, at most `max_header_value_len` bytes.
+///
+/// Compact on purpose: the verified-token cache holds up to 100 000 of these. The subject,
+/// username and email share one buffer whose slices are the forwarded header values (a
+/// reference-count bump per request, no copy); roles are one shared [`RoleSet`] per distinct
+/// combination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    pub sub: String,
-    pub preferred_username: Option<String>,
-    pub email: Option<String>,
-    /// `realm_access.roles`, deduplicated.
-    pub realm_roles: Box<[Arc<str>]>,
-    /// `resource_access.{client}.roles` over the configured clients (in config order),
-    /// deduplicated.
-    pub client_roles: Box<[Arc<str>]>,
+    /// `sub`, then `preferred_username`, then `email`, back to back (UTF-8, header-safe).
+    text: Bytes,
+    sub_len: u32,
+    username_len: u32,
+    email_len: u32,
+    /// Realm and client roles, shared by every identity that carries the same ones.
+    pub role_set: Arc<RoleSet>,
     /// From the configured permissions claim.
-    pub permissions: Vec<String>,
+    pub permissions: Box<[Box<str>]>,
     pub exp: u64,
     pub issuer: Arc<str>,
-    /// `azp`: the client the token was issued to.
-    pub azp: Option<String>,
+    /// `azp`: the client the token was issued to (interned: a realm has few clients).
+    pub azp: Option<Arc<str>>,
     /// Configured claim -> header mappings that resolved to a value, in config order.
-    pub extra: Vec<(HeaderName, HeaderValue)>,
-    /// Realm then client roles, deduplicated, comma-joined; whole roles only (a role that
-    /// would overflow the cap is left out, never cut).
-    pub roles_header: String,
-    /// Realm then client roles, deduplicated, shared: the permission-cache key and the
-    /// Redis role lookups use it without allocating per request.
-    pub all_roles: Box<[Arc<str>]>,
-    /// The upstream header values, built once per verified token so a cache hit forwards
-    /// them without re-validating or copying.
-    pub values: IdentityValues,
+    pub extra: Box<[(HeaderName, HeaderValue)]>,
+    /// How the token was verified, re-checked on every cache hit; None outside the cache.
+    proof: Option<Proof>,
 }
 
-/// Header-ready copies of the identity's forwarded fields.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IdentityValues {
-    pub sub: HeaderValue,
-    pub preferred_username: Option<HeaderValue>,
-    pub email: Option<HeaderValue>,
-    pub roles: HeaderValue,
+/// What a cache hit must still match: the token's last [`SIG_TAIL`] bytes and length, the
+/// key that verified it (not retired since) and the policy generation.
+#[derive(Clone)]
+struct Proof {
+    sig_tail: [u8; SIG_TAIL],
+    len: u32,
+    generation: u64,
+    key: Arc<PreparedKey>,
+}
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proof")
+            .field("generation", &self.generation)
+            .field("key", &self.key.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Proof {
+    fn eq(&self, o: &Self) -> bool {
+        self.sig_tail == o.sig_tail
+            && self.len == o.len
+            && self.generation == o.generation
+            && Arc::ptr_eq(&self.key, &o.key)
+    }
+}
+
+/// A token's roles: realm roles, client roles (`resource_access.{client}.roles` over the
+/// configured clients, in config order), each deduplicated, and their union.
+#[derive(Debug, PartialEq)]
+pub struct RoleSet {
+    pub realm: Box<[Arc<str>]>,
+    pub client: Box<[Arc<str>]>,
+    /// Realm then client roles, each once: the permission-cache key and Redis role lookups.
+    pub all: Box<[Arc<str>]>,
+    /// `all` comma-joined; whole roles only (a role that would overflow the cap is left out,
+    /// never cut).
+    pub header: HeaderValue,
+    /// The cap `header` was built with (part of the interning key).
+    max: usize,
 }
 
 impl Identity {
+    fn part(&self, start: u32, len: u32) -> &str {
+        let (a, b) = (start as usize, (start + len) as usize);
+        self.text
+            .get(a..b)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .unwrap_or("")
+    }
+
+    fn value(&self, start: u32, len: u32) -> Option<HeaderValue> {
+        let (a, b) = (start as usize, (start + len) as usize);
+        (len > 0 && b <= self.text.len())
+            .then(|| HeaderValue::from_maybe_shared(self.text.slice(a..b)).ok())
+            .flatten()
+    }
+
+    pub fn sub(&self) -> &str {
+        self.part(0, self.sub_len)
+    }
+
+    pub fn preferred_username(&self) -> Option<&str> {
+        (self.username_len > 0).then(|| self.part(self.sub_len, self.username_len))
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        (self.email_len > 0).then(|| self.part(self.sub_len + self.username_len, self.email_len))
+    }
+
+    /// The user-id header value; None never happens for an identity this module built.
+    pub fn sub_value(&self) -> Option<HeaderValue> {
+        self.value(0, self.sub_len)
+    }
+
+    pub fn preferred_username_value(&self) -> Option<HeaderValue> {
+        self.value(self.sub_len, self.username_len)
+    }
+
+    pub fn email_value(&self) -> Option<HeaderValue> {
+        self.value(self.sub_len + self.username_len, self.email_len)
+    }
+
     /// Realm roles then client roles, each once.
+    pub fn all_roles(&self) -> &[Arc<str>] {
+        &self.role_set.all
+    }
+
     pub fn roles(&self) -> impl Iterator<Item = &str> {
-        self.all_roles.iter().map(|r| &**r)
+        self.role_set.all.iter().map(|r| &**r)
     }
 
     pub fn has_role(&self, role: &str) -> bool {
@@ -723,28 +826,26 @@ fn build_identity(
         .sub
         .as_ref()
         .and_then(|s| exact_clean(&s.0, max))
-        .ok_or(AuthError::MissingSubject)?
-        .to_owned();
-    let (realm_roles, client_roles, all_roles) = build_roles(
+        .ok_or(AuthError::MissingSubject)?;
+    let role_set = build_roles(
         c.realm_roles.iter().map(|r| &*r.0),
         c.client_roles.iter().map(|r| &*r.0),
         max,
     );
-    let roles_header = join_capped(all_roles.iter().map(|r| &**r), max);
     let mut permissions = Vec::new();
     if let Some(path) = &policy.permissions {
         match path.resolve(&c.captured) {
             Some(Value::Array(items)) => {
                 for p in items.iter().filter_map(Value::as_str) {
                     if let Some(p) = exact_clean(p, max) {
-                        permissions.push(p.to_owned());
+                        permissions.push(Box::from(p));
                     }
                 }
             }
             Some(Value::String(s)) => {
                 for p in s.split_ascii_whitespace() {
                     if let Some(p) = exact_clean(p, max) {
-                        permissions.push(p.to_owned());
+                        permissions.push(Box::from(p));
                     }
                 }
             }
@@ -762,34 +863,47 @@ fn build_identity(
             }
         }
     }
-    let preferred_username = c
+    // Only values that are valid header values are kept, so the slices served later always
+    // convert (a sanitized string is, unless it holds bytes HTTP forbids).
+    let header_safe = |s: &str| HeaderValue::from_str(s).is_ok();
+    if !header_safe(sub) {
+        return Err(AuthError::MissingSubject);
+    }
+    let username = c
         .preferred_username
         .as_ref()
-        .and_then(|s| sanitize(&s.0, max));
-    let email = c.email.as_ref().and_then(|s| sanitize(&s.0, max));
-    let value = |s: &str| HeaderValue::from_str(s).ok();
-    let values = IdentityValues {
-        // Already checked by `exact_clean`, so this cannot fail; refuse rather than forward
-        // an empty user id if it ever did.
-        sub: value(&sub).ok_or(AuthError::MissingSubject)?,
-        preferred_username: preferred_username.as_deref().and_then(value),
-        email: email.as_deref().and_then(value),
-        roles: value(&roles_header).unwrap_or(HeaderValue::from_static("")),
-    };
+        .and_then(|s| sanitize(&s.0, max))
+        .filter(|s| header_safe(s));
+    let email = c
+        .email
+        .as_ref()
+        .and_then(|s| sanitize(&s.0, max))
+        .filter(|s| header_safe(s));
+    let (username, email) = (
+        username.as_deref().unwrap_or(""),
+        email.as_deref().unwrap_or(""),
+    );
+    let mut text = Vec::with_capacity(sub.len() + username.len() + email.len());
+    text.extend_from_slice(sub.as_bytes());
+    text.extend_from_slice(username.as_bytes());
+    text.extend_from_slice(email.as_bytes());
+    let len = |s: &str| u32::try_from(s.len()).map_err(|_| AuthError::MalformedToken);
     Ok(Identity {
-        sub,
-        preferred_username,
-        email,
-        realm_roles,
-        client_roles,
-        permissions,
+        sub_len: len(sub)?,
+        username_len: len(username)?,
+        email_len: len(email)?,
+        text: Bytes::from(text),
+        role_set,
+        permissions: permissions.into_boxed_slice(),
         exp: c.exp.unwrap_or(0),
         issuer,
-        azp: c.azp.as_ref().and_then(|s| sanitize(&s.0, max)),
-        extra,
-        roles_header,
-        all_roles,
-        values,
+        azp: c
+            .azp
+            .as_ref()
+            .and_then(|s| sanitize(&s.0, max))
+            .map(|s| intern_name(&s)),
+        extra: extra.into_boxed_slice(),
+        proof: None,
     })
 }
 
@@ -1290,8 +1404,9 @@ enum Cached {
 ///
 /// The verified-token cache (bound: `token_cache_capacity` entries, quick_cache CLOCK-Pro
 /// eviction) is keyed by a randomly seeded 64-bit ahash of the whole token, and an entry
-/// stores the token's signature segment, which a hit must match exactly. A hit therefore
-/// requires the same signature, which only a holder of the original token has, and it yields
+/// stores the token's length and the last 24 characters of its signature (144 bits), which a
+/// hit must match exactly. A hit therefore requires the same signature bytes, which only a
+/// holder of the original token has, and it yields
 /// that original token's verified identity: no hash collision can ever grant anything beyond
 /// what presenting the original token would. SHA-256 of the whole token (the first design)
 /// costs ~1.2 µs per KiB on this deployment class of CPU (Zen 1, 856 MB/s measured with
@@ -1440,23 +1555,23 @@ impl Verifier {
             return Cached::Miss(None);
         };
         let key = self.hasher.hash_one(token.as_bytes());
-        let Some(entry) = cache.get(&key) else {
+        let Some(identity) = cache.get(&key) else {
             self.cache_miss.inc();
             return Cached::Miss(Some(key));
         };
-        // The signature is the tail: a vectorised scan from the end finds its dot at once.
-        let sig = memchr::memrchr(b'.', token.as_bytes()).map_or("", |i| &token[i + 1..]);
         let now = self.keys.now();
         let max_stale = self.keys.max_stale_secs();
-        let fresh = *entry.sig == *sig
-            && entry.generation == policy.generation
-            && !entry.key.is_retired()
-            && unexpired(entry.identity.exp, policy.leeway, now)
+        let fresh = identity.proof.as_ref().is_some_and(|p| {
+            p.len as usize == token.len()
+                && p.sig_tail == sig_tail(token)
+                && p.generation == policy.generation
+                && !p.key.is_retired()
+        }) && unexpired(identity.exp, policy.leeway, now)
             && self
                 .keys
                 .with_realm(realm, |r| {
-                    let ok = (Arc::ptr_eq(r.issuer(), &entry.issuer)
-                        || *r.issuer() == entry.issuer)
+                    let ok = (Arc::ptr_eq(r.issuer(), &identity.issuer)
+                        || *r.issuer() == identity.issuer)
                         && r.usable_at(now, max_stale);
                     if ok {
                         r.touch(now);
@@ -1466,7 +1581,7 @@ impl Verifier {
                 .unwrap_or(false);
         if fresh {
             self.cache_hit.inc();
-            Cached::Hit(entry.identity.clone())
+            Cached::Hit(identity)
         } else {
             self.cache_stale.inc();
             Cached::Miss(Some(key))
@@ -1526,19 +1641,19 @@ impl Verifier {
                 KeyRefusal::WrongAlg => AuthError::AlgNotAllowed,
                 KeyRefusal::BadSignature => AuthError::BadSignature,
             })?;
-        let identity = Arc::new(build_identity(&claims, &policy, realm.issuer().clone())?);
+        let mut identity = build_identity(&claims, &policy, realm.issuer().clone())?;
         if let (Some(cache), Some(k)) = (&policy.cache, cache_key) {
-            cache.insert(
-                k,
-                Arc::new(CacheEntry {
-                    sig: sig_b64.into(),
-                    identity: identity.clone(),
-                    key,
-                    issuer: realm.issuer().clone(),
-                    generation: policy.generation,
-                }),
-            );
+            identity.proof = Some(Proof {
+                sig_tail: sig_tail(token),
+                len: u32::try_from(token.len()).unwrap_or(u32::MAX),
+                generation: policy.generation,
+                key,
+            });
+            let identity = Arc::new(identity);
+            cache.insert(k, identity.clone());
+            return Ok(identity);
         }
+        let identity = Arc::new(identity);
         Ok(identity)
     }
 }
@@ -1967,27 +2082,27 @@ mod tests {
         let c = parse(&p, &doc).unwrap();
         let id = build_identity(&c, &p, Arc::from("iss")).unwrap();
         assert_eq!(
-            id.realm_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            id.role_set.realm.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["viewer", "tenant_admin"]
         );
         assert_eq!(
-            id.client_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            id.role_set.client.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["agent", "viewer", "manager", "auditor"]
         );
         assert_eq!(
-            id.all_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            id.all_roles().iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["viewer", "tenant_admin", "agent", "manager", "auditor"]
         );
         // 40-byte cap: whole roles only.
-        assert_eq!(id.roles_header, "viewer,tenant_admin,agent,manager");
+        assert_eq!(id.role_set.header, "viewer,tenant_admin,agent,manager");
         assert!(id.has_role("auditor") && !id.has_role("root") && !id.has_role("admin"));
         assert!(!id.roles().any(|r| r == "a" || r == "b"));
         // Many roles: still deduplicated (hash-set path).
         let many: Vec<String> = (0..200).map(|i| format!("r{}", i % 100)).collect();
         let doc = json!({ "sub": "u", "realm_access": { "roles": many } }).to_string();
         let id = build_identity(&parse(&p, &doc).unwrap(), &p, Arc::from("i")).unwrap();
-        assert_eq!(id.realm_roles.len(), 100);
-        assert_eq!(id.all_roles.len(), 100);
+        assert_eq!(id.role_set.realm.len(), 100);
+        assert_eq!(id.all_roles().len(), 100);
     }
 
     #[test]
@@ -2038,8 +2153,11 @@ mod tests {
             extra,
             want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
         );
-        assert_eq!(id.permissions, vec!["users.read.own", "users.write.team"]);
-        assert_eq!(id.email.as_deref(), Some("ada@example.com"));
+        assert_eq!(
+            &*id.permissions,
+            ["users.read.own", "users.write.team"].map(Box::from)
+        );
+        assert_eq!(id.email(), Some("ada@example.com"));
         // Space-separated permissions (scope-style) work too.
         let mut s = vs();
         s.permissions_claim = Some("scope".into());
@@ -2047,8 +2165,8 @@ mod tests {
         let doc = json!({ "sub": "u", "scope": "openid users.read.own  admin.*.*" }).to_string();
         let id = build_identity(&parse(&p, &doc).unwrap(), &p, Arc::from("i")).unwrap();
         assert_eq!(
-            id.permissions,
-            vec!["openid", "users.read.own", "admin.*.*"]
+            &*id.permissions,
+            ["openid", "users.read.own", "admin.*.*"].map(Box::from)
         );
         // A subject that would need altering is refused, not rewritten.
         let doc = json!({ "sub": "u\n1" }).to_string();
@@ -2133,26 +2251,56 @@ mod tests {
         let e = env(&[("v-ok", vec![rsa_a().jwk("k1")])]).await;
         let t = mint(&rsa_a(), Some("k1"), &e.claims("v-ok"));
         let id = e.verify("v-ok", &t).await.unwrap();
-        assert_eq!(id.sub, "f81d4fae-7dec-11d0-a765-00a0c91e6bf6");
-        assert_eq!(id.preferred_username.as_deref(), Some("ada"));
-        assert_eq!(id.email.as_deref(), Some("ada@acme.example.com"));
+        assert_eq!(id.sub(), "f81d4fae-7dec-11d0-a765-00a0c91e6bf6");
+        assert_eq!(id.preferred_username(), Some("ada"));
+        assert_eq!(id.email(), Some("ada@acme.example.com"));
         assert_eq!(
-            id.realm_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            id.role_set.realm.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["offline_access", "tenant_admin"]
         );
         assert_eq!(
-            id.client_roles.iter().map(|r| &**r).collect::<Vec<_>>(),
+            id.role_set.client.iter().map(|r| &**r).collect::<Vec<_>>(),
             vec!["agent", "viewer"]
         );
-        assert_eq!(id.roles_header, "offline_access,tenant_admin,agent,viewer");
+        assert_eq!(
+            id.role_set.header,
+            "offline_access,tenant_admin,agent,viewer"
+        );
         assert_eq!(&*id.issuer, e.iss("v-ok"));
         assert_eq!(id.azp.as_deref(), Some(AUD));
         assert_eq!(id.exp, e.now() + 300);
+        // Forwarded values are slices of the identity's one text buffer.
+        assert_eq!(
+            id.sub_value().unwrap(),
+            "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+        );
+        assert_eq!(id.preferred_username_value().unwrap(), "ada");
+        assert_eq!(id.email_value().unwrap(), "ada@acme.example.com");
         let again = e.verify("v-ok", &t).await.unwrap();
         assert!(
             Arc::ptr_eq(&id, &again),
             "second verification is a cache hit"
         );
+        // Another user with the same roles shares the role set; different roles do not.
+        let mut other = e.claims("v-ok");
+        other["sub"] = json!("another-user");
+        other["email"] = json!(null);
+        let o = e
+            .verify("v-ok", &mint(&rsa_a(), Some("k1"), &other))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&id.role_set, &o.role_set));
+        assert_eq!(
+            (o.sub(), o.email(), o.email_value()),
+            ("another-user", None, None)
+        );
+        other["realm_access"] = json!({ "roles": ["viewer"] });
+        let v = e
+            .verify("v-ok", &mint(&rsa_a(), Some("k1"), &other))
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&id.role_set, &v.role_set));
+        assert_eq!(v.role_set.header, "viewer,agent");
         // A tampered copy of a cached token never hits.
         let (head, sig) = t.rsplit_once('.').unwrap();
         let (h, payload) = head.split_once('.').unwrap();

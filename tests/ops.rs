@@ -387,11 +387,7 @@ async fn sigterm_drains_in_flight_requests() {
 
 #[tokio::test]
 async fn shadow_mode_passes_and_counts() {
-    let kc = MockKeycloak::start().await;
-    let key = SigningKey::rsa("acme-1");
-    kc.set_keys("tenant-acme", &[&key]);
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&template(&kc.base(), ""), up.addr);
+    let (kc, key, up, gw) = acme_gateway().await;
     let mut c = claims(&kc.base(), "tenant-acme", "v", &["viewer"]);
     c["sub"] = json!("v-shadow");
     let t = key.sign(&c);
@@ -441,20 +437,10 @@ async fn shadow_mode_passes_and_counts() {
 
 #[tokio::test]
 async fn metrics_have_conventional_names_and_bounded_labels() {
-    let kc = MockKeycloak::start().await;
-    let key = SigningKey::rsa("acme-1");
-    kc.set_keys("tenant-acme", &[&key]);
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&template(&kc.base(), ""), up.addr);
+    let (kc, key, _up, gw) = acme_gateway().await;
     let t = key.sign(&claims(&kc.base(), "tenant-acme", "m", &["tenant_admin"]));
     for _ in 0..2 {
-        client()
-            .delete(gw.url("/api/v1/users/7"))
-            .header("host", "acme.qa.example.com")
-            .header("authorization", format!("Bearer {t}"))
-            .send()
-            .await
-            .unwrap();
+        delete_user(&gw, &t).await;
     }
     client()
         .get(gw.url("/x"))
@@ -493,4 +479,48 @@ async fn metrics_have_conventional_names_and_bounded_labels() {
         let name = line.split(['{', ' ']).next().unwrap();
         assert!(name.ends_with("_total"), "{line}");
     }
+}
+
+/// Without Redis grants or a permissions claim, a user's permissions depend only on the
+/// tenant and roles: users with the same roles share one compiled set (100 000 cached
+/// tokens must not mean 100 000 sets).
+#[tokio::test]
+async fn users_with_the_same_roles_share_one_permission_set() {
+    let (kc, key, _up, gw) = acme_gateway().await;
+    let users = [
+        ("u1", &["tenant_admin"][..]),
+        ("u2", &["tenant_admin"][..]),
+        ("u3", &["tenant_admin"][..]),
+        ("u4", &["viewer"][..]),
+    ];
+    for (sub, roles) in users {
+        let t = key.sign(&claims(&kc.base(), "tenant-acme", sub, roles));
+        let want = if roles == ["viewer"] { 403 } else { 200 };
+        assert_eq!(delete_user(&gw, &t).await, want, "{sub}");
+    }
+    // This gateway's own cache (the metrics are process-wide, shared with other tests).
+    assert_eq!(gw.shared.grants.len(), 2, "one set per role combination");
+}
+
+/// The `template` gateway for tenant acme, its mock Keycloak with one RSA key, and upstream.
+async fn acme_gateway() -> (MockKeycloak, SigningKey, Upstream, Gateway) {
+    let kc = MockKeycloak::start().await;
+    let key = SigningKey::rsa("acme-1");
+    kc.set_keys("tenant-acme", &[&key]);
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&template(&kc.base(), ""), up.addr);
+    (kc, key, up, gw)
+}
+
+/// `DELETE /api/v1/users/7` on acme with `token`; the status.
+async fn delete_user(gw: &Gateway, token: &str) -> u16 {
+    client()
+        .delete(gw.url("/api/v1/users/7"))
+        .header("host", "acme.qa.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }

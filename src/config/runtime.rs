@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -40,8 +41,9 @@ pub struct UpstreamTimeouts {
 
 /// The validated configuration. Built once per load/reload and shared through `ArcSwap`.
 pub struct RuntimeConfig {
-    /// The schema as loaded (summaries, diffs on reload).
-    pub raw: RawConfig,
+    /// The schema as loaded (summaries, diffs on reload). Shared with the reload base in
+    /// `state::Shared` rather than copied: with 10 000 tenants it is megabytes.
+    pub raw: Arc<RawConfig>,
     pub source: Option<PathBuf>,
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -51,16 +53,17 @@ pub struct RuntimeConfig {
     pub tenants: TenantTable,
     /// Upstream of each static tenant (by config index) and host pattern (by index); `None`
     /// means the default upstream.
-    tenant_upstreams: Vec<Option<UpstreamTarget>>,
-    pattern_upstreams: Vec<Option<UpstreamTarget>>,
+    /// Boxed: most tenants have none, and 10 000 inline `None`s would cost ~1 MiB each list.
+    tenant_upstreams: Vec<Option<Box<UpstreamTarget>>>,
+    pattern_upstreams: Vec<Option<Box<UpstreamTarget>>>,
     /// Interned resources/actions/scopes; permission ids only mean something with it.
     pub catalog: Catalog,
     pub roles: RoleMap,
     /// Per static tenant (by config index): its overlaid role map, if it has overlays.
-    tenant_roles: Vec<Option<RoleMap>>,
+    tenant_roles: Vec<Option<Box<RoleMap>>>,
     pub routes: RouteTable,
     /// Per static tenant: its own rules, checked before the global ones.
-    tenant_routes: Vec<Option<RouteTable>>,
+    tenant_routes: Vec<Option<Box<RouteTable>>>,
     /// Per static tenant: `false` = shadow mode.
     tenant_enforce: Vec<bool>,
     pub default_policy: DefaultPolicy,
@@ -82,7 +85,7 @@ impl RuntimeConfig {
             TenantSource::Pattern { index } => self.pattern_upstreams.get(index),
         };
         specific
-            .and_then(Option::as_ref)
+            .and_then(|u| u.as_deref())
             .unwrap_or(&self.default_upstream)
     }
 
@@ -95,13 +98,13 @@ impl RuntimeConfig {
 
     /// The tenant's own route table, consulted before the global one.
     pub fn tenant_routes(&self, tenant: &Tenant) -> Option<&RouteTable> {
-        Self::static_index(tenant).and_then(|i| self.tenant_routes.get(i)?.as_ref())
+        Self::static_index(tenant).and_then(|i| self.tenant_routes.get(i)?.as_deref())
     }
 
     /// The role map that applies to a tenant (global, or its overlay).
     pub fn roles_for(&self, tenant: &Tenant) -> &RoleMap {
         Self::static_index(tenant)
-            .and_then(|i| self.tenant_roles.get(i)?.as_ref())
+            .and_then(|i| self.tenant_roles.get(i)?.as_deref())
             .unwrap_or(&self.roles)
     }
 
@@ -336,6 +339,7 @@ impl RuntimeConfig {
                 resolve_upstream(u, up.tls, up.sni.as_deref())
                     .map_err(|m| e.push(format!("tenants[{i}].upstream"), m))
                     .ok()
+                    .map(Box::new)
             }));
             defs.push(TenantDef {
                 id: t.id.clone(),
@@ -357,6 +361,7 @@ impl RuntimeConfig {
                 resolve_upstream(u, up.tls, up.sni.as_deref())
                     .map_err(|m| e.push(format!("host_patterns[{i}].upstream"), m))
                     .ok()
+                    .map(Box::new)
             }));
             match (&p.pattern, &p.regex) {
                 (Some(pattern), None) => patterns.push(HostPatternDef::Wildcard {
@@ -461,7 +466,7 @@ impl RuntimeConfig {
                     grants,
                     static_realms,
                     assertion,
-                    raw,
+                    raw: Arc::new(raw),
                     source,
                 })
             }
@@ -514,9 +519,9 @@ fn compile_assertion(a: &raw::AssertionSection, e: &mut Errors) -> Option<Assert
 struct Authz {
     catalog: Catalog,
     roles: RoleMap,
-    tenant_roles: Vec<Option<RoleMap>>,
+    tenant_roles: Vec<Option<Box<RoleMap>>>,
     routes: RouteTable,
-    tenant_routes: Vec<Option<RouteTable>>,
+    tenant_routes: Vec<Option<Box<RouteTable>>>,
 }
 
 fn route_spec(r: &raw::RouteSection) -> RouteSpec<'_> {
@@ -583,6 +588,7 @@ fn compile_authz(raw: &RawConfig, e: &mut Errors) -> Option<Authz> {
             )
             .map_err(|errs| push_all(e, errs))
             .ok()
+            .map(Box::new)
         });
         let overlay = match &roles {
             Some(global) if !(t.roles.is_empty() && t.role_overrides.is_empty()) => global
@@ -601,7 +607,7 @@ fn compile_authz(raw: &RawConfig, e: &mut Errors) -> Option<Authz> {
                 .ok(),
             _ => None,
         };
-        tenant_roles.push(overlay);
+        tenant_roles.push(overlay.map(Box::new));
     }
     Some(Authz {
         catalog,
@@ -648,7 +654,7 @@ fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySetting
         load_wait: k.refetch_wait.max(Duration::from_secs(1)),
         negative_ttl: k.dynamic_realms.negative_ttl,
         max_dynamic_realms: k.dynamic_realms.max,
-        realm_overrides: overrides,
+        realm_overrides: Arc::new(overrides),
         ..JwksSettings::default()
     };
     let verify = VerifySettings {

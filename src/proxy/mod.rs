@@ -23,7 +23,7 @@ use crate::authz::{
     canonicalize, match_layered, Access, DefaultPolicy, PermissionSet, RouteRule, ScopeId,
 };
 use crate::config::RuntimeConfig;
-use crate::grants::GrantSource;
+use crate::grants::{GrantSource, GrantStore};
 use crate::headers::{is_valid_request_id, new_request_id};
 use crate::metrics::metrics;
 use crate::respond::{Challenge, Rejection};
@@ -164,41 +164,50 @@ impl Gateway {
         ctx.identity = identity;
         Ok(false)
     }
+}
 
-    /// The caller's effective permissions: config roles (tenant overlay included), the token's
-    /// permission claim and Redis grants, compiled once and cached.
-    async fn permission_set(
-        &self,
-        cfg: &Arc<RuntimeConfig>,
-        tenant: &Tenant,
-        identity: &Identity,
-    ) -> Arc<PermissionSet> {
-        let roles = cfg.roles_for(tenant);
-        self.shared
-            .grants
-            .effective(&tenant.id, &identity.sub, &identity.all_roles, |source| {
-                let redis: Vec<&str> = match source {
-                    GrantSource::Redis(raw) => raw
-                        .user
-                        .iter()
-                        .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
-                        .map(String::as_str)
-                        .collect(),
-                    GrantSource::Unavailable | GrantSource::Disabled => Vec::new(),
-                };
-                let (set, rejected) = roles.compile(
-                    &cfg.catalog,
-                    identity.all_roles.iter().map(|r| &**r),
-                    identity.permissions.iter().map(String::as_str).chain(redis),
-                );
-                for r in &rejected {
-                    metrics().invalid_grants_total.with_label_values(&["redis_or_claim"]).inc();
-                    tracing::warn!(tenant = &*tenant.id, grant = %r.grant, error = %r.error, "ignored an invalid grant");
-                }
-                set
-            })
-            .await
-    }
+/// The caller's effective permissions: config roles (tenant overlay included), the token's
+/// permission claim and Redis grants, compiled once and cached. Public for `benches/decision.rs`.
+pub async fn permission_set(
+    grants: &GrantStore<PermissionSet>,
+    cfg: &RuntimeConfig,
+    tenant: &Tenant,
+    identity: &Identity,
+) -> Arc<PermissionSet> {
+    let roles = cfg.roles_for(tenant);
+    // The set depends on the user only through Redis grants and the token's permission claim;
+    // without either, users with the same roles share one cached set.
+    let sub = if grants.has_user_grants() || !identity.permissions.is_empty() {
+        identity.sub()
+    } else {
+        ""
+    };
+    grants
+        .effective(&tenant.id, sub, identity.all_roles(), |source| {
+            let redis: Vec<&str> = match source {
+                GrantSource::Redis(raw) => raw
+                    .user
+                    .iter()
+                    .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
+                    .map(String::as_str)
+                    .collect(),
+                GrantSource::Unavailable | GrantSource::Disabled => Vec::new(),
+            };
+            let (set, rejected) = roles.compile(
+                &cfg.catalog,
+                identity.all_roles().iter().map(|r| &**r),
+                identity.permissions.iter().map(|p| &**p).chain(redis),
+            );
+            for r in &rejected {
+                metrics()
+                    .invalid_grants_total
+                    .with_label_values(&["redis_or_claim"])
+                    .inc();
+                tracing::warn!(tenant = &*tenant.id, grant = %r.grant, error = %r.error, "ignored an invalid grant");
+            }
+            set
+        })
+        .await
 }
 
 /// What the matched rule (or the default policy) asks for.
@@ -246,7 +255,7 @@ fn audit_decision(
         request_id = ctx.request_id_str().unwrap_or(""),
         tenant = &*tenant.id,
         realm = &*tenant.realm,
-        sub = %identity.sub,
+        sub = identity.sub(),
         route = ctx.route_id(),
         required,
         decision,
@@ -412,7 +421,7 @@ impl ProxyHttp for Gateway {
 
         // Authorisation: the route's permission against the user's effective set.
         if let Some(req) = requirement {
-            let set = self.permission_set(&cfg, &tenant, &identity).await;
+            let set = permission_set(&self.shared.grants, &cfg, &tenant, &identity).await;
             match req.authorize(&set) {
                 Some(scope) => {
                     ctx.scope = Some(scope);
@@ -520,7 +529,7 @@ impl ProxyHttp for Gateway {
         headers.reserve(16);
 
         let h = &cfg.headers;
-        let fail_closed = || Error::explain(ErrorType::InternalError, "tenant header value");
+        let fail_closed = || Error::explain(ErrorType::InternalError, "forwarded header value");
         headers.insert(
             h.tenant.clone(),
             tenant.id_value.clone().ok_or_else(fail_closed)?,
@@ -530,15 +539,14 @@ impl ProxyHttp for Gateway {
             tenant.realm_value.clone().ok_or_else(fail_closed)?,
         );
         if let Some(id) = &ctx.identity {
-            let v = &id.values;
-            headers.insert(h.user_id.clone(), v.sub.clone());
-            if let Some(name) = &v.preferred_username {
-                headers.insert(h.user_name.clone(), name.clone());
+            headers.insert(h.user_id.clone(), id.sub_value().ok_or_else(fail_closed)?);
+            if let Some(name) = id.preferred_username_value() {
+                headers.insert(h.user_name.clone(), name);
             }
-            if let Some(email) = &v.email {
-                headers.insert(h.user_email.clone(), email.clone());
+            if let Some(email) = id.email_value() {
+                headers.insert(h.user_email.clone(), email);
             }
-            headers.insert(h.roles.clone(), v.roles.clone());
+            headers.insert(h.roles.clone(), id.role_set.header.clone());
             for (name, value) in &id.extra {
                 headers.insert(name.clone(), value.clone());
             }
@@ -560,8 +568,8 @@ impl ProxyHttp for Gateway {
                 let claims = crate::assertion::Assertion {
                     tenant: &tenant.id,
                     realm: &tenant.realm,
-                    sub: &id.sub,
-                    roles: &id.all_roles,
+                    sub: id.sub(),
+                    roles: id.all_roles(),
                     scope: ctx.scope_name(),
                     method: parts.method.as_str(),
                     path: &path,
@@ -754,7 +762,7 @@ impl ProxyHttp for Gateway {
                 request_id = ctx.request_id_str().unwrap_or(""),
                 tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
                 realm = ctx.tenant.as_ref().map(|t| &*t.realm).unwrap_or(""),
-                sub = ctx.identity.as_ref().map(|i| i.sub.as_str()).unwrap_or(""),
+                sub = ctx.identity.as_ref().map(|i| i.sub()).unwrap_or(""),
                 route = ctx.route_id(),
                 decision = ctx.decision,
                 method = req.method.as_str(),
