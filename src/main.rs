@@ -12,6 +12,14 @@ use realmgate::explain::{explain, Credentials};
 use realmgate::server::{build_server, ProcessOptions};
 use realmgate::telemetry::Writer;
 
+/// jemalloc rather than glibc malloc: it hands freed pages back to the OS (the config parse of
+/// a 10 000-tenant file peaks at ~45 MiB of transient YAML values that glibc kept resident),
+/// and its size classes pack the small objects of the token cache tighter. Measured in
+/// BENCHMARKS.md: 100 000 cached tokens with 10 000 tenants, 101 MiB with glibc, 90 with
+/// jemalloc.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for an invalid configuration (BSD `EX_CONFIG`).
 const EX_CONFIG: u8 = 78;
 /// Exit code for bad command-line input (BSD `EX_USAGE`).
