@@ -291,7 +291,9 @@ if [ "$rss" = 1 ]; then
   for p in "$pid_main" "$pid_miss" "$pid_warn"; do kill "$p" 2>/dev/null || true; done
   sleep 1
   start_rg rss 18449 18450 "$work/realmgate-rss.yaml"
-  wait_port 18449; wait_ready 18450; sleep 2
+  # Steady state, not the start-up burst: the key-file reads' blocking threads exit after
+  # 10 s idle and jemalloc returns freed pages (the config parse's YAML values) within ~10 s.
+  wait_port 18449; wait_ready 18450; sleep 15
   rss_idle_10k=$(rss_kib "$pid_rss")
   misses() { curl -s http://127.0.0.1:18450/metrics | awk '/^realmgate_token_cache_total\{result="miss"\}/ {print int($2)}'; }
   offset=0
@@ -300,7 +302,7 @@ if [ "$rss" = 1 ]; then
     [ "$m" -ge "$many_count" ] && break
     taskset -c 1 wrk -t1 -c32 -d10s -H "Host: $host" -s "$here/many.lua" "http://127.0.0.1:18449/api/v1/me" -- "$many" "$m" >/dev/null 2>&1
   done
-  sleep 2
+  sleep 15
   rss_loaded=$(rss_kib "$pid_rss")
   rss_stats=$(curl -s http://127.0.0.1:18450/metrics | awk '/^realmgate_(token|permission)_cache_total/ {printf "%s ", $0}')
   rss_lines="realmgate idle (1 tenant, bench config): $((rss_idle_main / 1024)) MiB ($rss_idle_main KiB)

@@ -28,6 +28,7 @@ use crate::headers::{is_valid_request_id, new_request_id};
 use crate::metrics::metrics;
 use crate::respond::{Challenge, Rejection};
 use crate::state::Shared;
+use crate::telemetry::log_line;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity};
 
@@ -231,15 +232,16 @@ fn auth_rejection(e: &AuthError, tenant: &Tenant) -> Rejection {
 }
 
 fn audit_token_failure(ctx: &RequestCtx, tenant: &Tenant, e: &AuthError) {
-    tracing::info!(
-        target: "realmgate::audit",
+    log_line!(
+        INFO,
+        "realmgate::audit",
+        "token refused",
         request_id = ctx.request_id_str().unwrap_or(""),
         tenant = &*tenant.id,
         realm = &*tenant.realm,
         route = ctx.route_id(),
         decision = "unauthenticated",
         reason = e.code(),
-        "token refused"
     );
 }
 
@@ -250,16 +252,17 @@ fn audit_decision(
     required: &str,
     decision: &str,
 ) {
-    tracing::info!(
-        target: "realmgate::audit",
+    log_line!(
+        INFO,
+        "realmgate::audit",
+        "authorization decision",
         request_id = ctx.request_id_str().unwrap_or(""),
         tenant = &*tenant.id,
         realm = &*tenant.realm,
         sub = identity.sub(),
         route = ctx.route_id(),
-        required,
-        decision,
-        "authorization decision"
+        required = required,
+        decision = decision,
     );
     metrics()
         .decisions_total
@@ -757,8 +760,10 @@ impl ProxyHttp for Gateway {
             .is_some_and(|c| c.raw.logging.access_log);
         if log_access {
             let req = session.req_header();
-            tracing::info!(
-                target: "realmgate::access",
+            log_line!(
+                INFO,
+                "realmgate::access",
+                "request",
                 request_id = ctx.request_id_str().unwrap_or(""),
                 tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
                 realm = ctx.tenant.as_ref().map(|t| &*t.realm).unwrap_or(""),
@@ -767,11 +772,10 @@ impl ProxyHttp for Gateway {
                 decision = ctx.decision,
                 method = req.method.as_str(),
                 path = req.uri.path(),
-                status,
+                status = status,
                 reason = ctx.rejected.unwrap_or(""),
                 latency_us = elapsed.as_micros() as u64,
                 upstream_latency_us = upstream_us.unwrap_or(0),
-                "request"
             );
         }
     }
