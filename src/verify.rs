@@ -532,7 +532,8 @@ fn quick_hash(s: &str) -> u64 {
 
 /// Role and client names shared by every identity that carries them: a realm has a few dozen
 /// roles and the verified-token cache may hold 100 000 identities, so one `Arc<str>` per
-/// distinct name instead of one allocation per role per token (and no malloc on the miss path once warm).
+/// distinct name instead of one allocation per role per token (and no malloc on the miss
+/// path once warm).
 /// Bound: [`ROLE_NAMES_CAPACITY`] names, quick_cache CLOCK-Pro eviction; an evicted name is
 /// simply allocated again on next sight (identities keep their `Arc`s).
 static ROLE_NAMES: std::sync::LazyLock<quick_cache::sync::Cache<Box<str>, Arc<str>>> =
