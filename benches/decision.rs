@@ -35,7 +35,7 @@ use realmgate::demo::SigningKey;
 use realmgate::grants::GrantStore;
 use realmgate::jwks::{key_store, KeyStore};
 use realmgate::metrics::metrics;
-use realmgate::proxy::permission_set;
+use realmgate::proxy::{grant_key_sub, permission_set};
 use realmgate::verify::{extract_token, Verifier};
 use serde_json::json;
 
@@ -320,9 +320,12 @@ fn decision(c: &mut Criterion) {
     c.bench_function("decision_step_grants_hit", |b| {
         b.iter(|| {
             f.grants
-                .effective(&tenant.id, identity.sub(), identity.all_roles(), |_| {
-                    unreachable!("grant-cache hit expected")
-                })
+                .effective(
+                    &tenant.id,
+                    grant_key_sub(&f.grants, &identity),
+                    identity.all_roles(),
+                    |_| unreachable!("grant-cache hit expected"),
+                )
                 .now_or_never()
                 .expect("cache hit")
                 .len()

@@ -167,6 +167,17 @@ impl Gateway {
     }
 }
 
+/// The user part of the permission-cache key. The set depends on the user only through Redis
+/// grants and the token's permission claim; without either, users with the same roles share
+/// one cached set (empty user).
+pub fn grant_key_sub<'a>(grants: &GrantStore<PermissionSet>, identity: &'a Identity) -> &'a str {
+    if grants.has_user_grants() || !identity.permissions.is_empty() {
+        identity.sub()
+    } else {
+        ""
+    }
+}
+
 /// The caller's effective permissions: config roles (tenant overlay included), the token's
 /// permission claim and Redis grants, compiled once and cached. Public for `benches/decision.rs`.
 pub async fn permission_set(
@@ -176,15 +187,8 @@ pub async fn permission_set(
     identity: &Identity,
 ) -> Arc<PermissionSet> {
     let roles = cfg.roles_for(tenant);
-    // The set depends on the user only through Redis grants and the token's permission claim;
-    // without either, users with the same roles share one cached set.
-    let sub = if grants.has_user_grants() || !identity.permissions.is_empty() {
-        identity.sub()
-    } else {
-        ""
-    };
     grants
-        .effective(&tenant.id, sub, identity.all_roles(), |source| {
+        .effective(&tenant.id, grant_key_sub(grants, identity), identity.all_roles(), |source| {
             let redis: Vec<&str> = match source {
                 GrantSource::Redis(raw) => raw
                     .user
