@@ -2,7 +2,8 @@
 # Multi-stage build: compile in the Rust image, run on a slim Debian with a non-root user.
 
 FROM rust:1-bookworm AS build
-# pingora-core builds zlib-ng with cmake.
+# pingora-core builds zlib-ng with cmake; tikv-jemalloc-sys builds jemalloc with the image's
+# cc and make.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
