@@ -391,24 +391,13 @@ async fn shadow_mode_passes_and_counts() {
     let mut c = claims(&kc.base(), "tenant-acme", "v", &["viewer"]);
     c["sub"] = json!("v-shadow");
     let t = key.sign(&c);
-    let call = |host: &'static str| {
-        let t = t.clone();
-        let url = gw.url("/api/v1/users/7");
-        async move {
-            client()
-                .delete(url)
-                .header("host", host)
-                .header("authorization", format!("Bearer {t}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(call("acme.qa.example.com").await, 403, "enforced tenant");
     assert_eq!(
-        call("shadow.qa.example.com").await,
+        delete_user(&gw, "acme.qa.example.com", &t).await,
+        403,
+        "enforced tenant"
+    );
+    assert_eq!(
+        delete_user(&gw, "shadow.qa.example.com", &t).await,
         200,
         "shadow tenant passes"
     );
@@ -440,7 +429,7 @@ async fn metrics_have_conventional_names_and_bounded_labels() {
     let (kc, key, _up, gw) = acme_gateway().await;
     let t = key.sign(&claims(&kc.base(), "tenant-acme", "m", &["tenant_admin"]));
     for _ in 0..2 {
-        delete_user(&gw, &t).await;
+        delete_user(&gw, ACME, &t).await;
     }
     client()
         .get(gw.url("/x"))
@@ -496,7 +485,7 @@ async fn users_with_the_same_roles_share_one_permission_set() {
     for (sub, roles) in users {
         let t = key.sign(&claims(&kc.base(), "tenant-acme", sub, roles));
         let want = if roles == ["viewer"] { 403 } else { 200 };
-        assert_eq!(delete_user(&gw, &t).await, want, "{sub}");
+        assert_eq!(delete_user(&gw, ACME, &t).await, want, "{sub}");
     }
     // This gateway's own cache (the metrics are process-wide, shared with other tests).
     assert_eq!(gw.shared.grants.len(), 2, "one set per role combination");
@@ -512,11 +501,13 @@ async fn acme_gateway() -> (MockKeycloak, SigningKey, Upstream, Gateway) {
     (kc, key, up, gw)
 }
 
-/// `DELETE /api/v1/users/7` on acme with `token`; the status.
-async fn delete_user(gw: &Gateway, token: &str) -> u16 {
+const ACME: &str = "acme.qa.example.com";
+
+/// `DELETE /api/v1/users/7` on `host` with `token`; the status.
+async fn delete_user(gw: &Gateway, host: &str, token: &str) -> u16 {
     client()
         .delete(gw.url("/api/v1/users/7"))
-        .header("host", "acme.qa.example.com")
+        .header("host", host)
         .header("authorization", format!("Bearer {token}"))
         .send()
         .await

@@ -219,7 +219,12 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 impl RuntimeConfig {
     /// Validates every field (collecting all problems) and compiles the lookup structures.
-    pub fn compile(raw: RawConfig, source: Option<PathBuf>) -> Result<Self, ConfigError> {
+    /// Compiles a schema; an `Arc` is kept as is (the reload base shares it, no copy).
+    pub fn compile(
+        raw: impl Into<Arc<RawConfig>>,
+        source: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let raw: Arc<RawConfig> = raw.into();
         let mut e = Errors::default();
 
         let proxy_addr = parse_socket_addr(&raw.listen.proxy)
@@ -466,7 +471,7 @@ impl RuntimeConfig {
                     grants,
                     static_realms,
                     assertion,
-                    raw: Arc::new(raw),
+                    raw,
                     source,
                 })
             }

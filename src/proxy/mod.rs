@@ -607,11 +607,8 @@ impl ProxyHttp for Gateway {
         } else {
             "http"
         };
-        let host = ctx
-            .host
-            .clone()
-            .unwrap_or_else(|| HeaderValue::from_static(""));
-        h.set_forwarding(headers, peer, proto, &host);
+        let no_host = HeaderValue::from_static("");
+        h.set_forwarding(headers, peer, proto, ctx.host.as_ref().unwrap_or(&no_host));
 
         *upstream = RequestHeader::from(parts);
         if let Some(t) = &raw_target {
