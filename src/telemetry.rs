@@ -3,8 +3,11 @@
 //! level, and Pingora's `log` records bridged in (without the bridge they are discarded).
 //!
 //! Audit and access lines are written per request, so the server buffers them: a line is
-//! appended to memory under an uncontended lock, and the buffer goes to stderr every
-//! [`FLUSH_EVERY`] from a flusher thread, or at once when it reaches [`FLUSH_BYTES`]. One
+//! appended to memory under an uncontended lock, and a flusher thread writes the buffer to
+//! stderr every [`FLUSH_EVERY`], or sooner when it passes [`FLUSH_BYTES`]. The flusher swaps
+//! the buffer out and writes outside the append lock, so a proxy worker never waits on
+//! stderr; only when the flusher falls [`BACKPRESSURE_BYTES`] behind (a stalled log reader)
+//! does the logging thread write itself, which bounds memory without dropping lines. One
 //! `write(2)` per line cost more than the rest of a guarded request (measured in
 //! BENCHMARKS.md); a channel to a writer thread still cost a wake-up per burst. Lines are
 //! never dropped; shutdown flushes what is left.
@@ -20,7 +23,7 @@ use std::cell::RefCell;
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 use std::time::SystemTime;
 
@@ -32,8 +35,11 @@ use crate::config::raw::{LogFormatSection, LoggingSection};
 
 /// Longest a line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Buffer size that triggers an immediate write by the logging thread.
+/// Buffer size at which the flusher is woken before its period is up.
 pub const FLUSH_BYTES: usize = 64 * 1024;
+/// Buffer size at which the logging thread writes the buffer itself: the flusher is stuck
+/// behind a slow stderr, and memory stays bounded without losing lines.
+pub const BACKPRESSURE_BYTES: usize = 8 * 1024 * 1024;
 
 /// How log lines reach stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,15 +78,25 @@ type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 /// Log lines waiting for stderr.
 #[derive(Clone)]
 struct LineBuffer {
+    /// Where lines are appended; held only for a copy.
     lines: Arc<Mutex<Vec<u8>>>,
+    /// The batch being written; its lock orders writers, so batches reach the sink in order.
+    out: Arc<Mutex<Vec<u8>>>,
     sink: Sink,
+    /// The flusher to wake when the buffer fills (unset without one: the logging thread writes).
+    flusher: Arc<OnceLock<Thread>>,
+    /// Set when the flusher was woken for a full buffer, so it is woken once, not per line.
+    woken: Arc<AtomicBool>,
 }
 
 impl LineBuffer {
     fn new(sink: Sink) -> Self {
         Self {
             lines: Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES))),
+            out: Arc::new(Mutex::new(Vec::with_capacity(FLUSH_BYTES))),
             sink,
+            flusher: Arc::new(OnceLock::new()),
+            woken: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -92,13 +108,37 @@ impl LineBuffer {
         }))
     }
 
-    /// Writes out whatever is buffered. The lock is held while writing, so lines keep their
-    /// order and the buffer's capacity is reused.
+    /// Writes out whatever is buffered. The buffer is swapped with the (empty) batch under the
+    /// append lock and written after releasing it, so appends never wait for the write; both
+    /// vectors keep their capacity.
     fn drain(&self) {
-        let mut lines = self.lines.lock();
-        if !lines.is_empty() {
-            (self.sink)(&lines);
-            lines.clear();
+        let mut out = self.out.lock();
+        // Re-armed before the swap: a buffer that fills after it wakes the flusher again.
+        self.woken.store(false, Ordering::Release);
+        {
+            let mut lines = self.lines.lock();
+            if lines.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *lines, &mut *out);
+        }
+        (self.sink)(&out);
+        out.clear();
+    }
+
+    /// After an append left `len` bytes buffered: wake the flusher early, or write here when
+    /// there is no flusher or it has fallen too far behind.
+    fn after_append(&self, len: usize) {
+        if len < FLUSH_BYTES {
+            return;
+        }
+        match self.flusher.get() {
+            Some(t) if len < BACKPRESSURE_BYTES => {
+                if !self.woken.swap(true, Ordering::AcqRel) {
+                    t.unpark();
+                }
+            }
+            _ => self.drain(),
         }
     }
 }
@@ -122,9 +162,8 @@ impl Write for Append<'_> {
 
 impl Drop for Append<'_> {
     fn drop(&mut self) {
-        let full = self.guard.take().is_some_and(|g| g.len() >= FLUSH_BYTES);
-        if full {
-            self.buffer.drain();
+        if let Some(len) = self.guard.take().map(|g| g.len()) {
+            self.buffer.after_append(len);
         }
     }
 }
@@ -139,7 +178,8 @@ impl<'a> MakeWriter<'a> for LineBuffer {
     }
 }
 
-fn start_flusher(buffer: LineBuffer) -> io::Result<Flusher> {
+/// Starts the thread that drains `buffer` every `period`, or when woken for a full buffer.
+fn start_flusher(buffer: LineBuffer, period: Duration) -> io::Result<Flusher> {
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (buffer, stop) = (buffer.clone(), stop.clone());
@@ -147,11 +187,12 @@ fn start_flusher(buffer: LineBuffer) -> io::Result<Flusher> {
             .name("log flusher".into())
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
-                    std::thread::park_timeout(FLUSH_EVERY);
+                    std::thread::park_timeout(period);
                     buffer.drain();
                 }
             })?
     };
+    let _ = buffer.flusher.set(thread.thread().clone());
     Ok(Flusher {
         buffer,
         stop,
@@ -314,7 +355,7 @@ pub fn init(cfg: &LoggingSection, writer: Writer) -> LogGuard {
     let (make_writer, flusher) = match writer {
         Writer::Buffered => {
             let buffer = LineBuffer::stderr();
-            match start_flusher(buffer.clone()) {
+            match start_flusher(buffer.clone(), FLUSH_EVERY) {
                 Ok(f) => (BoxMakeWriter::new(buffer), Some(f)),
                 Err(_) => (BoxMakeWriter::new(io::stderr), None),
             }
@@ -437,16 +478,59 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_is_written_by_the_logging_thread() {
+    fn without_a_flusher_a_full_buffer_is_written_by_the_logging_thread() {
         let (b, out) = captured();
         b.make_writer().write_all(&vec![b'x'; FLUSH_BYTES]).unwrap();
         assert_eq!(out.lock().len(), FLUSH_BYTES);
     }
 
+    /// A full buffer wakes the flusher instead of writing on the logging (proxy) thread; only
+    /// past the backpressure bound does the logging thread write, and nothing is lost.
+    #[test]
+    fn a_full_buffer_wakes_the_flusher_and_backpressure_writes_inline() {
+        let (b, out) = captured();
+        // A stand-in flusher that never drains: the logging thread must not write below the
+        // backpressure bound.
+        let idle = std::thread::spawn(|| std::thread::park_timeout(Duration::from_secs(30)));
+        b.flusher.set(idle.thread().clone()).unwrap();
+        b.make_writer().write_all(&vec![b'x'; FLUSH_BYTES]).unwrap();
+        assert!(out.lock().is_empty(), "written on the logging thread");
+        assert!(b.woken.load(Ordering::Acquire), "flusher not woken");
+        b.make_writer()
+            .write_all(&vec![b'y'; BACKPRESSURE_BYTES])
+            .unwrap();
+        assert_eq!(out.lock().len(), FLUSH_BYTES + BACKPRESSURE_BYTES);
+        assert!(b.lines.lock().is_empty());
+        assert!(
+            !b.woken.load(Ordering::Acquire),
+            "drain re-arms the wake-up"
+        );
+        idle.thread().unpark();
+        idle.join().unwrap();
+    }
+
+    #[test]
+    fn the_flusher_writes_a_full_buffer_before_its_period() {
+        let (b, out) = captured();
+        // A period far longer than the wait below: only the wake-up can explain a write.
+        let guard = LogGuard(Some(
+            start_flusher(b.clone(), Duration::from_secs(3600)).unwrap(),
+        ));
+        b.make_writer().write_all(b"small\n").unwrap();
+        b.make_writer().write_all(&vec![b'x'; FLUSH_BYTES]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while out.lock().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never flushed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(out.lock().len(), 6 + FLUSH_BYTES);
+        drop(guard);
+    }
+
     #[test]
     fn the_flusher_drains_on_its_own_and_on_shutdown() {
         let (b, out) = captured();
-        let guard = LogGuard(Some(start_flusher(b.clone()).unwrap()));
+        let guard = LogGuard(Some(start_flusher(b.clone(), FLUSH_EVERY).unwrap()));
         b.make_writer().write_all(b"by the flusher\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while out.lock().is_empty() {
