@@ -22,8 +22,9 @@
 # Throughput: wrk -t1 -c64; latency: wrk -t1 -c4 (p50/p99/p99.9 from wrk's histogram).
 # Each rep runs every row once (rows interleaved, so drift hits all rows alike); the table
 # shows medians over reps, as ratios to direct and to pingora-bare of the same run.
-# Then, unless disabled: a rate-controlled run at 2 000 req/s (oha, latency-corrected) and
-# realmgate's RSS idle, with 10 000 tenants, and with 100 000 distinct tokens cached.
+# Then, unless disabled: a rate-controlled run at 2 000 req/s (oha, latency-corrected; again
+# with core 0 kept awake, the "+awake" rows) and realmgate's RSS idle, with 10 000 tenants,
+# and with 100 000 distinct tokens cached.
 #
 # Peers and token minting come from the shared harness, ../shared/bench relative to the repo
 # (override: SHARED_BENCH). Keys, tokens, builds and results go to $BENCH_WORK (default
@@ -49,7 +50,7 @@ while [ $# -gt 0 ]; do
   esac; shift
 done
 
-for t in nginx haproxy wrk taskset curl python3 openssl; do
+for t in nginx haproxy wrk taskset chrt curl python3 openssl; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install nginx-light haproxy wrk)" >&2; exit 2; }
 done
 python3 -c 'import jwt, cryptography' 2>/dev/null || { echo "missing pyjwt/cryptography (pip install pyjwt cryptography)" >&2; exit 2; }
@@ -261,9 +262,17 @@ rate_raw="$work/results-rate.tsv"; : > "$rate_raw"
 if [ "$rate" = 1 ]; then
   echo "rate-controlled: $rate_qps req/s for ${rate_dur}s (oha, latency correction), $reps rep(s)"
   rate_rows=("direct|18000|$good" "pingora-bare|18004|$good" "haproxy-jwt|18003|$good" "rg-guarded|18443|$good" "rg-public|18443|none")
+  # The same rows again with core 0 kept awake by a SCHED_IDLE busy loop (it yields to any
+  # runnable task at once): a mostly idle vCPU halts between requests, and its wake-up
+  # latency, not the proxy, then dominates p99. The "+awake" rows separate the two.
+  awake_rows=("direct+awake|18000|$good" "pingora-bare+awake|18004|$good" "rg-guarded+awake|18443|$good")
   for rep in $(seq "$reps"); do
-    for r in "${rate_rows[@]}"; do
+    for r in "${rate_rows[@]}" "${awake_rows[@]}"; do
       IFS='|' read -r name port token <<<"$r"
+      spin=""
+      if [[ $name == *+awake ]]; then
+        taskset -c 0 chrt -i 0 sh -c 'while :; do :; done' & spin=$!; pids+=("$spin")
+      fi
       path=/api/v1/me; [ "$name" = rg-public ] && path=/api/v1/status
       hdr=(-H "Host: $host"); [ "$token" != none ] && hdr+=(-H "Authorization: Bearer $token")
       taskset -c 1 oha -z "${rate_dur}s" -q "$rate_qps" -c 16 --latency-correction --no-tui \
@@ -278,7 +287,8 @@ ok = sum(v for k, v in codes.items() if k.startswith("2"))
 us = lambda k: round(float(p.get(k) or 0) * 1e6)
 print(f"{sys.argv[2]}\t{sys.argv[3]}\t{s.get('requestsPerSec', 0):.0f}\t{us('p50')}\t{us('p99')}\t{us('p99.9')}\t{ok}")
 PY
-      tail -1 "$rate_raw" | awk -F'\t' '{printf "  rep %s %-13s %6s rps  p50 %5s us  p99 %5s us  p99.9 %5s us  2xx %s\n", $1, $2, $3, $4, $5, $6, $7}'
+      [ -n "$spin" ] && { kill "$spin"; wait "$spin" 2>/dev/null || true; }
+      tail -1 "$rate_raw" | awk -F'\t' '{printf "  rep %s %-19s %6s rps  p50 %5s us  p99 %5s us  p99.9 %5s us  2xx %s\n", $1, $2, $3, $4, $5, $6, $7}'
     done
   done
 fi
@@ -340,11 +350,13 @@ for line in open(sys.argv[2]):
     if name not in rate: rorder.append(name)
     rate[name].append((float(rps), float(p50), float(p99), float(p999), int(ok)))
 if rate:
-    dp99 = st.median(x[2] for x in rate["direct"]) if "direct" in rate else 0
     print()
     print("| row (fixed 2 000 req/s) | achieved rps | p50 us | p99 us | p99.9 us | added p99 over direct us |")
     print("|---|---|---|---|---|---|")
     for n in rorder:
+        # "+awake" rows are compared with direct+awake, the others with direct.
+        base = "direct+awake" if n.endswith("+awake") else "direct"
+        dp99 = st.median(x[2] for x in rate[base]) if base in rate else 0
         m = lambda i: st.median(x[i] for x in rate[n])
         print(f"| {n} | {m(0):.0f} | {m(1):.0f} | {m(2):.0f} | {m(3):.0f} | {m(2) - dp99:+.0f} |")
 PY
