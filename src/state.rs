@@ -195,7 +195,6 @@ impl Shared {
     }
 }
 
-/// The file config with run-time tenants appended, compiled.
 /// The file's schema plus run-time tenants, compiled. Without run-time tenants the compiled
 /// config shares the base schema (10 000 tenants are megabytes; no copy).
 fn merged(

@@ -614,8 +614,8 @@ fn build_roles<'a>(
 ///
 /// Compact on purpose: the verified-token cache holds up to 100 000 of these. The subject,
 /// username and email share one buffer whose slices are the forwarded header values (a
-/// reference-count bump per request, no copy); roles are one shared [`RoleSet`] per distinct
-/// combination.
+/// reference-count bump and a byte check of the slice per request, no copy); roles are one
+/// shared [`RoleSet`] per distinct combination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     /// `sub`, then `preferred_username`, then `email`, back to back (UTF-8, header-safe).
@@ -1654,8 +1654,7 @@ impl Verifier {
             cache.insert(k, identity.clone());
             return Ok(identity);
         }
-        let identity = Arc::new(identity);
-        Ok(identity)
+        Ok(Arc::new(identity))
     }
 }
 

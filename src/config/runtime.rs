@@ -218,8 +218,8 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 }
 
 impl RuntimeConfig {
-    /// Validates every field (collecting all problems) and compiles the lookup structures.
-    /// Compiles a schema; an `Arc` is kept as is (the reload base shares it, no copy).
+    /// Validates every field (collecting all problems) and compiles the lookup structures. An
+    /// `Arc` schema is kept as is: the reload base shares it, no copy.
     pub fn compile(
         raw: impl Into<Arc<RawConfig>>,
         source: Option<PathBuf>,
