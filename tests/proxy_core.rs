@@ -252,6 +252,42 @@ async fn ten_mib_bodies_stream_both_ways() {
     assert_eq!(r.bytes().await.unwrap().len(), 10 * 1024 * 1024);
 }
 
+/// An upstream that stops reading the request body and stops sending: the gateway's upload
+/// blocks once the socket buffers fill, and Pingora's HTTP/1 upstream session does not read
+/// the response while a body write is blocked. The write timeout, then the read timeout, must
+/// end the exchange; without them it would hang until the client's own 20 s timeout. The same
+/// bounds end a full-duplex stall (README, "Known limitations").
+#[tokio::test]
+async fn stalled_upload_is_ended_by_the_upstream_timeouts() {
+    let up = Upstream::start().await;
+    let config = CONFIG.replace("read_timeout: 2s", "read_timeout: 2s, write_timeout: 1s");
+    let gw = Gateway::start(&config, up.addr);
+    let outcome = async {
+        let r = client()
+            .post(gw.url("/stall"))
+            .header("host", "acme.qa.example.com")
+            // Far more than loopback socket buffers hold, so the upstream write must block.
+            .body(vec![b'u'; 64 * 1024 * 1024])
+            .send()
+            .await?;
+        let status = r.status();
+        r.bytes().await.map(|b| (status, b))
+    }
+    .await;
+    match outcome {
+        // The timeouts fired before the response head was forwarded.
+        Ok((status, body)) => {
+            assert_eq!(status, 504);
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "upstream_timeout");
+        }
+        // The head was already forwarded: the gateway cuts the connection.
+        Err(e) => assert!(!e.is_timeout(), "the gateway held the stalled upload: {e}"),
+    }
+    // The gateway is unharmed.
+    assert_eq!(get(&gw, "acme.qa.example.com", "/").await.status(), 200);
+}
+
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
     let (up, gw) = setup().await;

@@ -79,7 +79,7 @@ impl Seen {
 }
 
 /// A real HTTP upstream that records what reached it.
-/// Routes: `/echo` streams the request body back; `/big/{n}` returns n bytes; `/sleep/{ms}`
+/// Routes: `/echo` sends the request body back; `/stall` never reads it; `/big/{n}` returns n bytes; `/sleep/{ms}`
 /// answers late;
 /// `/ws` is a WebSocket echo; anything else answers JSON describing the request.
 pub struct Upstream {
@@ -155,8 +155,21 @@ async fn record(rec: Arc<Mutex<Vec<Seen>>>, req: Request) -> Response {
             headers,
             body_len: 0,
         });
-        // Stream the body straight back: nothing is buffered on either side.
-        return Response::new(Body::from_stream(body.into_data_stream()));
+        // Read the whole body, then send it back, as an HTTP/1.1 application does. Echoing
+        // while still reading would be full duplex, which Pingora's HTTP/1 upstream session
+        // cannot carry once both socket buffers fill (README, "Known limitations").
+        return match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => Response::new(Body::from(bytes)),
+            Err(_) => axum::http::StatusCode::BAD_REQUEST.into_response(),
+        };
+    }
+    if path == "/stall" {
+        // Sends its head and one chunk, then neither reads the request body nor finishes the
+        // response: an upload to it stalls once the socket buffers fill.
+        let first = futures::stream::once(async {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"started"))
+        });
+        return Response::new(Body::from_stream(first.chain(futures::stream::pending())));
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
