@@ -572,23 +572,27 @@ fn build_roles<'a>(
 ) -> Arc<RoleSet> {
     let usable = move |r: &'a str| exact_clean(r, max).filter(|r| !r.contains(','));
     let mut in_realm = Seen::new();
-    let realm_roles: Vec<Arc<str>> = realm
+    let realm_roles: Vec<&str> = realm
         .filter_map(usable)
         .filter(|r| in_realm.insert(r))
-        .map(intern_name)
         .collect();
     let mut in_client = Seen::new();
-    let client_roles: Vec<Arc<str>> = client
+    let client_roles: Vec<&str> = client
         .filter_map(usable)
         .filter(|r| in_client.insert(r))
-        .map(intern_name)
         .collect();
+    // Looked up by the names as they are in the token: a known combination costs no name
+    // interning (a cache lookup and a reference count per role).
     let key = ROLE_SET_HASHER.hash_one((&realm_roles, &client_roles, max));
     if let Some(set) = ROLE_SETS.get(&key) {
-        if set.max == max && *set.realm == *realm_roles && *set.client == *client_roles {
+        let same =
+            |held: &[Arc<str>], seen: &[&str]| held.iter().map(|h| &**h).eq(seen.iter().copied());
+        if set.max == max && same(&set.realm, &realm_roles) && same(&set.client, &client_roles) {
             return set;
         }
     }
+    let realm_roles: Vec<Arc<str>> = realm_roles.into_iter().map(intern_name).collect();
+    let client_roles: Vec<Arc<str>> = client_roles.into_iter().map(intern_name).collect();
     let mut all = Vec::with_capacity(realm_roles.len() + client_roles.len());
     all.extend(realm_roles.iter().cloned());
     all.extend(
