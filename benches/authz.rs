@@ -13,6 +13,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use realmgate::authz::bench_support::{permission_fixture, route_fixture};
 use realmgate::authz::{canonicalize, SlashPolicy};
 
+/// The allocator the realmgate binary ships with, so allocation costs match production.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn permission_check(c: &mut Criterion) {
     let f = permission_fixture();
     let n = f.required.len();

@@ -39,6 +39,10 @@ use realmgate::proxy::{grant_key_sub, permission_set};
 use realmgate::verify::{extract_token, Verifier};
 use serde_json::json;
 
+/// The allocator the realmgate binary ships with, so allocation costs match production.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const TENANTS: usize = 10_000;
 const RESOURCES: usize = 100; // x 5 routes each = 500 routes
 const ROLES: usize = 50; // x 20 grants each = 1 000 grants

@@ -8,6 +8,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
 use realmgate::grants::GrantStore;
 
+/// The allocator the realmgate binary ships with, so allocation costs match production.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn hit(c: &mut Criterion) {
     let store = GrantStore::<u64>::new(None).unwrap();
     let roles: Vec<Arc<str>> = [

@@ -8,6 +8,10 @@ use realmgate::tenant::{
     HostPatternDef, TenantDef, TenantStatus, TenantTable, DEFAULT_DYNAMIC_CACHE_CAPACITY,
 };
 
+/// The allocator the realmgate binary ships with, so allocation costs match production.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn table(n: usize) -> TenantTable {
     let mut tenants: Vec<TenantDef> = (0..n)
         .map(|i| {

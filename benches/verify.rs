@@ -15,6 +15,10 @@ use realmgate::jwks::{key_store, JwksSettings};
 use realmgate::verify::{Verifier, VerifySettings};
 use serde_json::json;
 
+/// The allocator the realmgate binary ships with, so allocation costs match production.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const PEM: &str = include_str!("../testdata/jwt/rsa_a.pem");
 const BASE: &str = "https://kc.example.com";
 const REALM: &str = "tenant-acme";
