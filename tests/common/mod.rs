@@ -79,9 +79,9 @@ impl Seen {
 }
 
 /// A real HTTP upstream that records what reached it.
-/// Routes: `/echo` sends the request body back; `/stall` never reads it; `/big/{n}` returns n bytes; `/sleep/{ms}`
-/// answers late;
-/// `/ws` is a WebSocket echo; anything else answers JSON describing the request.
+/// Routes: `/echo` sends the request body back once read; `/stall` never reads it;
+/// `/big/{n}` returns n bytes; `/sleep/{ms}` answers late; `/ws` is a WebSocket echo;
+/// anything else answers JSON describing the request.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
