@@ -1,13 +1,14 @@
 //! The whole per-request decision without I/O, on realistic inputs.
 //!
-//! `decision_cached` mirrors `request_filter` in `src/proxy/mod.rs` from the config snapshot
-//! load to the allow decision: Host -> tenant (10 000 tenants), path canonicalisation, layered
+//! `decision_cached` calls the gateway's own `realmgate::decision::decide` (the function
+//! `request_filter` calls) from the config snapshot load to the allow decision, on a real
+//! Pingora request head: Host -> tenant (10 000 tenants), path canonicalisation, layered
 //! route match (500 routes), token extraction from a real header map, verification of a
 //! Keycloak-shaped ~1 KiB RS256 token with 20 roles (verified-token cache hit), the effective
 //! permission set (grant-cache hit; 50 roles x 20 grants = 1 000 grants configured), the
-//! route's requirement against it, and the per-decision metric the proxy records. It leaves
-//! out what is not a decision: request-id generation, identity-header stripping, the audit
-//! `tracing` event (no subscriber is installed here, so it would cost ~nothing and mean
+//! route's requirement against it, and the per-decision metric the proxy's audit step records.
+//! It leaves out what is not a decision: request-id generation, identity-header stripping, the
+//! audit `tracing` event (no subscriber is installed here, so it would cost ~nothing and mean
 //! nothing) and writing the upstream headers.
 //!
 //! Both caches answer without awaiting on a hit, so every iteration polls the decision future
@@ -29,13 +30,14 @@ use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
 use http::{HeaderMap, HeaderValue, Method};
-use realmgate::authz::{canonicalize, match_layered, Access, PermissionSet, RouteRule};
+use pingora::http::RequestHeader;
+use realmgate::authz::{canonicalize, match_layered, PermissionSet, RouteRule};
 use realmgate::config::{self, RuntimeConfig};
+use realmgate::decision::{self, grant_key_sub, Deps, Input, NoTrace, Outcome, Verdict};
 use realmgate::demo::SigningKey;
 use realmgate::grants::GrantStore;
 use realmgate::jwks::{key_store, KeyStore};
 use realmgate::metrics::metrics;
-use realmgate::proxy::{grant_key_sub, permission_set};
 use realmgate::verify::{extract_token, Verifier};
 use serde_json::json;
 
@@ -158,6 +160,8 @@ struct Fixture {
     target: &'static [u8],
     method: Method,
     headers: HeaderMap,
+    /// The request head as Pingora hands it to `request_filter`.
+    req: RequestHeader,
     token_len: usize,
 }
 
@@ -206,14 +210,20 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         HeaderValue::from_static("0b8d4a8e-0000-4000-8000-00000000a001"),
     );
 
+    let target: &'static [u8] = b"/api/v1/r042/98765?expand=owner";
+    let mut req = RequestHeader::build(Method::GET, target, Some(headers.len())).unwrap();
+    for (name, value) in &headers {
+        req.append_header(name.clone(), value.clone()).unwrap();
+    }
     let f = Fixture {
         config: ArcSwap::from_pointee(cfg),
         verifier,
         grants,
         host: host.as_bytes(),
-        target: b"/api/v1/r042/98765?expand=owner",
+        target,
         method: Method::GET,
         headers,
+        req,
         token_len,
     };
     // Warm both caches (RSA verification, permission-set compile) and check the answer.
@@ -222,45 +232,32 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     f
 }
 
-/// `request_filter`'s decision path, minus I/O. Returns the forwarded scope on allow.
+/// `request_filter`'s decision: the gateway's `decide`, plus the decision metric its audit
+/// step records. Returns the forwarded scope on allow.
 async fn decide(f: &Fixture) -> Option<&'static str> {
     let cfg = f.config.load_full();
-    let tenant = cfg.tenants.resolve_raw(f.host).ok()?;
-    if !tenant.is_serving() {
+    let deps = Deps {
+        verifier: &f.verifier,
+        grants: &f.grants,
+    };
+    let input = Input {
+        req: &f.req,
+        is_h2: false,
+        peer: None,
+    };
+    let d = decision::decide(&cfg, deps, &input, &mut NoTrace).await;
+    let Outcome::Forward(fwd) = &d.outcome else {
+        return None;
+    };
+    if !matches!(fwd.verdict, Verdict::Allow) {
         return None;
     }
-    let canon = canonicalize(f.target, cfg.slashes).ok()?;
-    let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &f.method, &canon);
-    let enforce = cfg.enforce(&tenant, rule);
-    let route_id: Option<Box<str>> = rule.map(|r| Box::from(r.id()));
-    let req = match rule.map(RouteRule::access) {
-        Some(Access::Permission(req)) => req,
-        _ => return None,
-    };
-    let allow_query = rule.is_some_and(RouteRule::allow_query_token);
-    let token = extract_token(
-        &f.headers,
-        cfg.raw.keycloak.token_cookie.as_deref(),
-        canon.query_str(),
-        allow_query,
-        cfg.raw.keycloak.max_token_bytes,
-    )
-    .ok()??;
-    let identity = f
-        .verifier
-        .verify(&tenant.id, &tenant.realm, token)
-        .await
-        .ok()?;
-    let set = permission_set(&f.grants, &cfg, &tenant, &identity).await;
-    let scope = req.authorize(&set)?;
-    let scope: Box<str> = Box::from(cfg.catalog.scopes().name(scope));
-    // What `audit_decision` records besides its tracing event.
+    let tenant = d.tenant.as_ref()?;
     metrics()
         .decisions_total
         .with_label_values(&[metrics().tenants.label(&tenant.id), "allow"])
         .inc();
-    black_box((enforce, route_id, &scope));
-    match &*scope {
+    match cfg.catalog.scopes().name(fwd.scope?) {
         "own" => Some("own"),
         "team" => Some("team"),
         "tenant" => Some("tenant"),

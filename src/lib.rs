@@ -12,6 +12,7 @@ pub mod admin;
 pub mod assertion;
 pub mod authz;
 pub mod config;
+pub mod decision;
 pub mod demo;
 pub mod error;
 pub mod explain;

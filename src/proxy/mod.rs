@@ -1,10 +1,11 @@
 //! The request path: one `ProxyHttp` impl that reads top to bottom.
 //!
-//! `request_filter` decides (host -> tenant -> path -> route -> token -> permission) and
-//! either answers itself (`Ok(true)`) or lets the request through; `upstream_peer` picks the
-//! tenant's upstream; `upstream_request_filter` writes the verified identity; `logging`
-//! records metrics and the access line. Each step is a call into a pure module.
+//! `request_filter` strips the client's copies of realmgate's headers, asks
+//! [`crate::decision::decide`] what to do, and either answers itself (`Ok(true)`) or lets the
+//! request through; `upstream_peer` picks the tenant's upstream; `upstream_request_filter`
+//! writes the verified identity; `logging` records metrics and the access line.
 
+mod audit;
 mod host;
 
 use std::borrow::Cow;
@@ -19,20 +20,18 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::authz::{
-    canonicalize, match_layered, Access, DefaultPolicy, PermissionSet, RouteRule, ScopeId,
-};
+use crate::authz::ScopeId;
 use crate::config::RuntimeConfig;
-use crate::grants::{GrantSource, GrantStore};
+use crate::decision::{decide, Deps, Input, NoTrace, Outcome, RouteRef};
 use crate::headers::{is_valid_request_id, new_request_id};
 use crate::metrics::metrics;
-use crate::respond::{Challenge, Rejection};
+use crate::respond::Rejection;
 use crate::state::Shared;
 use crate::telemetry::log_line;
 use crate::tenant::Tenant;
-use crate::verify::{extract_token, AuthError, Identity};
+use crate::verify::Identity;
 
-pub use host::{origin_form, request_host};
+pub use host::{absolute_form_authority, origin_form, request_host};
 
 /// The Pingora proxy application.
 pub struct Gateway {
@@ -73,28 +72,18 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
 }
 
-/// Which rule matched, by position, so the context holds no copy of its id.
-#[derive(Clone, Copy)]
-struct RouteRef {
-    tenant_table: bool,
-    index: usize,
-}
-
 impl RequestCtx {
+    /// The matched rule, in the snapshot the request was decided with.
+    fn rule(&self) -> Option<&crate::authz::RouteRule> {
+        let (Some(r), Some(cfg), Some(t)) = (self.route, &self.config, &self.tenant) else {
+            return None;
+        };
+        r.rule(cfg, t)
+    }
+
     /// The matched rule's id (`routes[3]`, `tenants[1].routes[0]`) for logs, or "".
     fn route_id(&self) -> &str {
-        let (Some(r), Some(cfg), Some(t)) = (self.route, &self.config, &self.tenant) else {
-            return "";
-        };
-        let table = if r.tenant_table {
-            cfg.tenant_routes(t)
-        } else {
-            Some(&cfg.routes)
-        };
-        table
-            .and_then(|t| t.rules().get(r.index))
-            .map(|r| r.id())
-            .unwrap_or("")
+        self.rule().map_or("", |r| r.id())
     }
 
     fn scope_name(&self) -> Option<&str> {
@@ -115,6 +104,7 @@ impl Gateway {
         r: Rejection,
     ) -> Result<bool> {
         let cfg = self.shared.config.load();
+        let cfg = ctx.config.as_deref().unwrap_or(&cfg);
         let rid = ctx.request_id_str();
         let body = r.body(rid);
         let header = r.header(&cfg.headers.request_id, rid, body.len())?;
@@ -134,144 +124,6 @@ impl Gateway {
         session.write_response_body(Some(body), true).await?;
         Ok(true)
     }
-}
-
-impl Gateway {
-    /// A refusal that shadow mode turns into a logged, counted pass.
-    async fn deny(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        r: Rejection,
-        enforce: bool,
-        identity: Option<Arc<Identity>>,
-    ) -> Result<bool> {
-        if enforce {
-            return self.reject(session, ctx, r).await;
-        }
-        metrics()
-            .shadow_decisions_total
-            .with_label_values(&["deny"])
-            .inc();
-        tracing::warn!(
-            target: "realmgate::audit",
-            request_id = ctx.request_id_str().unwrap_or(""),
-            tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
-            route = ctx.route_id(),
-            would_be = r.code,
-            "shadow mode: request passed that enforcement would refuse"
-        );
-        ctx.decision = "shadow_deny";
-        ctx.identity = identity;
-        Ok(false)
-    }
-}
-
-/// The user part of the permission-cache key. The set depends on the user only through Redis
-/// grants and the token's permission claim; without either, users with the same roles share
-/// one cached set (empty user).
-pub fn grant_key_sub<'a>(grants: &GrantStore<PermissionSet>, identity: &'a Identity) -> &'a str {
-    if grants.has_user_grants() || !identity.permissions.is_empty() {
-        identity.sub()
-    } else {
-        ""
-    }
-}
-
-/// The caller's effective permissions: config roles (tenant overlay included), the token's
-/// permission claim and Redis grants, compiled once and cached. Public for `benches/decision.rs`.
-pub async fn permission_set(
-    grants: &GrantStore<PermissionSet>,
-    cfg: &RuntimeConfig,
-    tenant: &Tenant,
-    identity: &Identity,
-) -> Arc<PermissionSet> {
-    let roles = cfg.roles_for(tenant);
-    grants
-        .effective(&tenant.id, grant_key_sub(grants, identity), identity.all_roles(), |source| {
-            let redis: Vec<&str> = match source {
-                GrantSource::Redis(raw) => raw
-                    .user
-                    .iter()
-                    .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
-                    .map(String::as_str)
-                    .collect(),
-                GrantSource::Unavailable | GrantSource::Disabled => Vec::new(),
-            };
-            let (set, rejected) = roles.compile(
-                &cfg.catalog,
-                identity.all_roles().iter().map(|r| &**r),
-                identity.permissions.iter().map(|p| &**p).chain(redis),
-            );
-            for r in &rejected {
-                metrics()
-                    .invalid_grants_total
-                    .with_label_values(&["redis_or_claim"])
-                    .inc();
-                tracing::warn!(tenant = &*tenant.id, grant = %r.grant, error = %r.error, "ignored an invalid grant");
-            }
-            set
-        })
-        .await
-}
-
-/// What the matched rule (or the default policy) asks for.
-enum RouteAccess<'a> {
-    Rule(&'a Access),
-    Denied,
-}
-
-/// The one mapping from token failures to HTTP answers (RFC 6750 challenge on 401).
-fn auth_rejection(e: &AuthError, tenant: &Tenant) -> Rejection {
-    match e.http_status() {
-        401 => Rejection::new(401, e.code(), e.description()).with_challenge(Challenge {
-            realm: tenant.id.to_string(),
-            error: e.bearer_error(),
-            description: (!e.is_missing()).then(|| e.description().into()),
-        }),
-        503 => Rejection::new(503, e.code(), e.description())
-            .with_retry_after(e.retry_after_secs().unwrap_or(5).min(u64::from(u32::MAX)) as u32),
-        status => Rejection::new(status, e.code(), e.description()),
-    }
-}
-
-fn audit_token_failure(ctx: &RequestCtx, tenant: &Tenant, e: &AuthError) {
-    log_line!(
-        INFO,
-        "realmgate::audit",
-        "token refused",
-        request_id = ctx.request_id_str().unwrap_or(""),
-        tenant = &*tenant.id,
-        realm = &*tenant.realm,
-        route = ctx.route_id(),
-        decision = "unauthenticated",
-        reason = e.code(),
-    );
-}
-
-fn audit_decision(
-    ctx: &RequestCtx,
-    tenant: &Tenant,
-    identity: &Identity,
-    required: &str,
-    decision: &str,
-) {
-    log_line!(
-        INFO,
-        "realmgate::audit",
-        "authorization decision",
-        request_id = ctx.request_id_str().unwrap_or(""),
-        tenant = &*tenant.id,
-        realm = &*tenant.realm,
-        sub = identity.sub(),
-        route = ctx.route_id(),
-        required = required,
-        decision = decision,
-    );
-    metrics()
-        .decisions_total
-        .with_label_values(&[metrics().tenants.label(&tenant.id), decision])
-        .inc();
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -297,6 +149,10 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(Instant::now());
         let cfg = self.shared.config.load_full();
         let is_h2 = session.is_http2();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let req = session.req_header_mut();
 
         // Request id first, so every answer (refusals included) carries one.
@@ -308,161 +164,35 @@ impl ProxyHttp for Gateway {
         // Before anything else: the client never speaks for realmgate.
         cfg.headers.strip_owned(req);
 
-        let host = match request_host(req, is_h2) {
-            Ok(h) => h,
-            Err(r) => {
-                ctx.config = Some(cfg);
-                return self.reject(session, ctx, r).await;
-            }
-        };
-        let resolved = cfg.tenants.resolve_raw(host);
-        // Shares the received header's buffer when there is one (no copy).
-        ctx.host = req
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-            .or_else(|| HeaderValue::from_bytes(host).ok());
-        let tenant = match resolved {
-            Ok(t) => t,
-            Err(e) => {
-                let r = match e.code() {
-                    "unknown_host" => {
-                        Rejection::new(404, "unknown_host", "no tenant is configured for this host")
-                    }
-                    code => Rejection::new(400, code, "the Host header is not a valid host name"),
-                };
-                ctx.config = Some(cfg);
-                return self.reject(session, ctx, r).await;
-            }
-        };
-        if !tenant.is_serving() {
-            ctx.tenant = Some(tenant);
-            ctx.config = Some(cfg);
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    Rejection::new(403, "tenant_suspended", "this tenant is not active"),
-                )
-                .await;
-        }
-        ctx.tenant = Some(tenant.clone());
-        ctx.config = Some(cfg.clone());
-
-        // One canonical path: it is what gets matched, authorised and forwarded.
         let req = session.req_header();
-        let method = req.method.clone();
-        let target = host::origin_form(req.raw_path());
-        let canon = match canonicalize(target, cfg.slashes) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(reason = e.reason(), "refused request path");
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        Rejection::new(400, e.code(), "the request path is not acceptable"),
-                    )
-                    .await;
-            }
+        let deps = Deps {
+            verifier: &self.shared.verifier,
+            grants: &self.shared.grants,
         };
-        if canon.is_rewritten() || target.len() != req.raw_path().len() {
-            ctx.forward_target = Some(canon.request_target().into_owned());
+        let d = decide(&cfg, deps, &Input { req, is_h2, peer }, &mut NoTrace).await;
+
+        if d.tenant.is_some() {
+            // Shares the received header's buffer when there is one (no copy).
+            ctx.host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+                request_host(req, is_h2)
+                    .ok()
+                    .and_then(|h| HeaderValue::from_bytes(h).ok())
+            });
         }
-        let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &method, &canon);
-        let query = canon.query_str();
-        let enforce = cfg.enforce(&tenant, rule);
-        let tenant_table = cfg.tenant_routes(&tenant);
-        ctx.route = rule.map(|r| RouteRef {
-            tenant_table: tenant_table
-                .is_some_and(|t| t.rules().get(r.index()).is_some_and(|x| std::ptr::eq(x, r))),
-            index: r.index(),
-        });
-
-        let access = match rule.map(RouteRule::access) {
-            Some(a) => RouteAccess::Rule(a),
-            None => match cfg.default_policy {
-                DefaultPolicy::Deny => RouteAccess::Denied,
-                DefaultPolicy::Authenticated => RouteAccess::Rule(&Access::Authenticated),
-                DefaultPolicy::Allow => RouteAccess::Rule(&Access::Public),
-            },
-        };
-        let requirement = match access {
-            RouteAccess::Rule(Access::Public) => {
-                ctx.decision = "public";
-                return Ok(false);
+        ctx.tenant = d.tenant;
+        ctx.route = d.route;
+        ctx.identity = d.identity;
+        ctx.config = Some(cfg);
+        audit::record(ctx, &d.outcome);
+        match d.outcome {
+            Outcome::Refuse { rejection, .. } => self.reject(session, ctx, rejection).await,
+            Outcome::Forward(f) => {
+                ctx.scope = f.scope;
+                ctx.forward_target = f.target;
+                ctx.decision = f.verdict.label();
+                Ok(false)
             }
-            RouteAccess::Denied => {
-                let r = Rejection::new(403, "route_denied", "no route allows this request");
-                return self.deny(session, ctx, r, enforce, None).await;
-            }
-            RouteAccess::Rule(Access::Authenticated) => None,
-            RouteAccess::Rule(Access::Permission(req)) => Some(req),
-        };
-
-        // Authentication: the host's own realm, nothing else.
-        let allow_query = rule.is_some_and(RouteRule::allow_query_token);
-        let verified = match extract_token(
-            &session.req_header().headers,
-            cfg.raw.keycloak.token_cookie.as_deref(),
-            query,
-            allow_query,
-            cfg.raw.keycloak.max_token_bytes,
-        ) {
-            Ok(Some(token)) => {
-                self.shared
-                    .verifier
-                    .verify(&tenant.id, &tenant.realm, token)
-                    .await
-            }
-            Ok(None) => Err(AuthError::MissingToken),
-            Err(e) => Err(e),
-        };
-        let identity = match verified {
-            Ok(i) => i,
-            Err(e) => {
-                audit_token_failure(ctx, &tenant, &e);
-                return self.reject(session, ctx, auth_rejection(&e, &tenant)).await;
-            }
-        };
-
-        // Authorisation: the route's permission against the user's effective set.
-        if let Some(req) = requirement {
-            let set = permission_set(&self.shared.grants, &cfg, &tenant, &identity).await;
-            match req.authorize(&set) {
-                Some(scope) => {
-                    ctx.scope = Some(scope);
-                    ctx.decision = "allow";
-                    audit_decision(ctx, &tenant, &identity, req.label(), "allow");
-                }
-                None => {
-                    ctx.identity = Some(identity.clone());
-                    let required = cfg
-                        .raw
-                        .authz
-                        .expose_required
-                        .then(|| req.label().to_string());
-                    let r = Rejection::new(
-                        403,
-                        "forbidden",
-                        "the token does not grant the permission this route requires",
-                    )
-                    .with_required(required);
-                    audit_decision(
-                        ctx,
-                        &tenant,
-                        &identity,
-                        req.label(),
-                        if enforce { "deny" } else { "shadow_deny" },
-                    );
-                    return self.deny(session, ctx, r, enforce, Some(identity)).await;
-                }
-            }
-        } else {
-            ctx.decision = "authenticated";
         }
-        ctx.identity = Some(identity);
-        Ok(false)
     }
 
     /// The tenant's upstream (or the default), with the configured timeouts. Addresses were
