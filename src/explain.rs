@@ -1,19 +1,27 @@
-//! `realmgate explain`: walks one request through every decision the gateway would take and
-//! says why, without contacting the upstream. Uses the same modules as the proxy (tenant
-//! table, canonicaliser, route tables, verifier, role maps, Redis grants), so its answer is the
-//! gateway's answer.
+//! `realmgate explain`: the gateway's decision for one request, step by step, without
+//! contacting the upstream.
+//!
+//! It builds the request as an HTTP/1.1 client would send it (origin-form target, `Host`
+//! header from the URL's authority, the raw bytes untouched), calls the proxy's own
+//! [`decide`] and prints the [`Trace`] it records. So its answer is the gateway's answer by
+//! construction; only the key store and grant store are its own (fetched and read now).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::http::RequestHeader;
 use serde_json::Value;
 
-use crate::authz::{canonicalize, match_layered, Access, DefaultPolicy, PermissionSet};
+use crate::authz::{DefaultPolicy, PermissionSet};
 use crate::config::RuntimeConfig;
+use crate::decision::{
+    decide, Asked, Decision, Deps, Detail, Input, Outcome, Stage, Step, Trace, Verdict,
+};
 use crate::grants::{GrantSource, GrantStore};
 use crate::jwks::key_store;
-use crate::proxy::origin_form;
+use crate::proxy::{absolute_form_authority, origin_form, request_host};
+use crate::tenant::TenantSource;
 use crate::verify::Verifier;
 
 /// Where the caller's identity comes from.
@@ -21,69 +29,20 @@ pub enum Credentials {
     None,
     /// A real token: verified against the realm's JWKS (fetched now).
     Token(String),
-    /// Claims only: the signature is NOT checked; for "what if" questions.
+    /// Claims only: signed here with a throwaway key that only this run trusts, so every
+    /// check but the signature is the gateway's own.
     Claims(Value),
 }
 
 /// The outcome and the narrative.
 pub struct Explanation {
+    /// Forwarded upstream (shadow passes included).
     pub allowed: bool,
+    /// The gateway's status; 200 stands for "forwarded".
     pub status: u16,
+    /// The refusal's (or the shadow pass's would-be) stable error code.
+    pub code: Option<&'static str>,
     pub text: String,
-}
-
-struct Out {
-    text: String,
-    step: usize,
-}
-
-impl Out {
-    fn step(&mut self, title: &str, detail: impl AsRef<str>) {
-        self.step += 1;
-        let _ = writeln!(self.text, "{}. {title}: {}", self.step, detail.as_ref());
-    }
-    fn note(&mut self, detail: impl AsRef<str>) {
-        let _ = writeln!(self.text, "     {}", detail.as_ref());
-    }
-    fn finish(mut self, allowed: bool, status: u16, why: impl AsRef<str>) -> Explanation {
-        let verdict = if allowed { "ALLOW" } else { "DENY" };
-        let _ = writeln!(self.text, "=> {verdict} ({status}): {}", why.as_ref());
-        Explanation {
-            allowed,
-            status,
-            text: self.text,
-        }
-    }
-}
-
-/// The caller as the permission step needs it.
-struct Caller {
-    sub: String,
-    roles: Vec<Arc<str>>,
-    permissions: Vec<String>,
-}
-
-fn roles_from_claims(c: &Value, clients: &[String]) -> Vec<Arc<str>> {
-    let mut roles: Vec<Arc<str>> = Vec::new();
-    let mut push = |r: &str| {
-        if !roles.iter().any(|x| &**x == r) {
-            roles.push(Arc::from(r));
-        }
-    };
-    if let Some(list) = c.pointer("/realm_access/roles").and_then(Value::as_array) {
-        list.iter().filter_map(Value::as_str).for_each(&mut push);
-    }
-    for client in clients {
-        if let Some(list) = c
-            .get("resource_access")
-            .and_then(|r| r.get(client))
-            .and_then(|r| r.get("roles"))
-            .and_then(Value::as_array)
-        {
-            list.iter().filter_map(Value::as_str).for_each(&mut push);
-        }
-    }
-    roles
 }
 
 /// Explains `method url` under `cfg`.
@@ -93,251 +52,306 @@ pub async fn explain(
     url: &str,
     creds: Credentials,
 ) -> Explanation {
-    let mut out = Out {
-        text: String::new(),
-        step: 0,
-    };
-    let method: http::Method = match method.to_ascii_uppercase().parse() {
-        Ok(m) => m,
-        Err(_) => return out.finish(false, 400, format!("{method:?} is not an HTTP method")),
-    };
-    let uri: http::Uri = match url.parse() {
-        Ok(u) => u,
-        Err(e) => return out.finish(false, 400, format!("{url:?} is not a URL: {e}")),
-    };
-    let Some(authority) = uri.authority() else {
-        return out.finish(false, 400, "the URL names no host (use http://host/path)");
-    };
-
-    // 1. host -> tenant
-    let tenant = match cfg.tenants.resolve_raw(authority.as_str().as_bytes()) {
-        Ok(t) => t,
-        Err(e) => {
-            out.step("host", format!("{authority} -> no tenant ({})", e.code()));
-            let status = if e.code() == "unknown_host" { 404 } else { 400 };
-            return out.finish(false, status, e.code());
-        }
-    };
-    out.step(
-        "host",
-        format!(
-            "{authority} -> tenant {} (realm {}, status {}, {})",
-            tenant.id,
-            tenant.realm,
-            tenant.status,
-            match tenant.source {
-                crate::tenant::TenantSource::Static { index } => format!("tenants[{index}]"),
-                crate::tenant::TenantSource::Pattern { index } =>
-                    format!("host_patterns[{index}], realm loaded on demand"),
-            }
-        ),
-    );
-    if !tenant.is_serving() {
-        return out.finish(false, 403, "tenant_suspended: the tenant is not active");
-    }
-
-    // 2. path -> route
-    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let canon = match canonicalize(origin_form(target.as_bytes()), cfg.slashes) {
-        Ok(c) => c,
-        Err(e) => {
-            out.step("path", format!("{target} refused: {}", e.reason()));
-            return out.finish(false, 400, e.code());
-        }
-    };
-    let rewritten = if canon.is_rewritten() {
-        format!(
-            " (canonical form, forwarded as {})",
-            String::from_utf8_lossy(&canon.request_target())
-        )
-    } else {
-        String::new()
-    };
-    out.step("path", format!("{}{rewritten}", canon.path()));
-    let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &method, &canon);
-    let enforce = cfg.enforce(&tenant, rule);
-    let access = match rule {
-        Some(r) => {
-            out.step(
-                "route",
-                format!("{method} matched {} \"{}\"", r.id(), r.pattern()),
-            );
-            r.access().clone()
-        }
-        None => {
-            out.step(
-                "route",
-                format!(
-                    "{method} matched no rule; default_policy {:?}",
-                    cfg.default_policy
-                ),
-            );
-            match cfg.default_policy {
-                DefaultPolicy::Deny => {
-                    return out.finish(
-                        !enforce,
-                        if enforce { 403 } else { 200 },
-                        "route_denied: no route allows this request",
-                    );
+    let mut out = Narrative::new(&cfg);
+    let token = match creds {
+        Credentials::None => None,
+        Credentials::Token(t) => Some(t.trim().to_owned()),
+        Credentials::Claims(claims) => {
+            let signed = crate::demo::SigningKey::generate_rsa("realmgate-explain")
+                .and_then(|k| Ok((k.sign(&claims)?, k)));
+            match signed {
+                Ok((token, key)) => {
+                    out.claims_key = Some(key);
+                    Some(token)
                 }
-                DefaultPolicy::Authenticated => Access::Authenticated,
-                DefaultPolicy::Allow => Access::Public,
+                Err(e) => return out.usage(format!("cannot sign the claims: {e}")),
             }
         }
     };
-    if !enforce {
-        out.note("shadow mode (enforce: false): a refusal below is logged and counted, the request passes");
-    }
-    let requirement = match access {
-        Access::Public => {
-            out.step("access", "public: no token needed, no identity forwarded");
-            return out.finish(true, 200, "public route");
-        }
-        Access::Authenticated => {
-            out.step("access", "authenticated: any valid token of this realm");
-            None
-        }
-        Access::Permission(req) => {
-            out.step(
-                "access",
-                format!("requires {} ({:?})", req.label(), req.mode()),
-            );
-            Some(req)
-        }
+    // Credentials can also come in the query or a cookie, so the keys are fetched whenever
+    // they are not the throwaway one.
+    let fetch = out.claims_key.is_none();
+    let req = match build_request(method, url, token.as_deref()) {
+        Ok(r) => r,
+        Err(why) => return out.usage(why),
     };
 
-    // 3. token
-    let issuer = format!("{}/realms/{}", cfg.jwks.base_url, tenant.realm);
-    let caller = match creds {
-        Credentials::None => {
-            out.step("token", "none supplied");
-            return out.finish(false, 401, "missing_token");
+    // The keys this run trusts: the tenant's realm as the gateway would fetch it, or for
+    // `--claims` one throwaway key. Which realm is only a question of what to fetch; the
+    // decision below resolves the host again, as the proxy does.
+    let realm = request_host(&req, false)
+        .ok()
+        .and_then(|h| cfg.tenants.resolve_raw(h).ok())
+        .map(|t| t.realm.to_string());
+    let preload = realm.iter().filter(|_| fetch).cloned().collect();
+    let (keys, refresher) = key_store(cfg.jwks.clone(), preload);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = fetch.then(|| tokio::spawn(refresher.run(stop_rx)));
+    if fetch {
+        // Give the refresher its first load (bounded) before judging the token.
+        let deadline = tokio::time::Instant::now() + cfg.jwks.fetch_timeout;
+        while !keys.static_realms_ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Credentials::Claims(c) => {
-            out.step(
-                "token",
-                "claims supplied with --claims: the signature is NOT checked",
-            );
-            let iss = c.get("iss").and_then(Value::as_str).unwrap_or("");
-            if iss != issuer {
-                out.note(format!("iss {iss:?} != expected {issuer:?}"));
-                return out.finish(
-                    false,
-                    401,
-                    "issuer_mismatch: a token from another realm never opens this tenant",
+    }
+    if let (Some(key), Some(realm)) = (&out.claims_key, &realm) {
+        let jwks = serde_json::json!({ "keys": [key.jwk.clone()] }).to_string();
+        if let Err(e) = keys.install_jwks(realm, jwks.as_bytes()) {
+            out.line(format!("the throwaway key was refused: {e}"));
+        }
+    }
+    let verifier = Verifier::new(keys, cfg.verify.clone());
+    let grants: Arc<GrantStore<PermissionSet>> = match GrantStore::new(cfg.grants.clone()) {
+        Ok(s) => s,
+        Err(e) => return out.usage(format!("redis settings: {e}")),
+    };
+    let deps = Deps {
+        verifier: &verifier,
+        grants: &grants,
+    };
+    let input = Input {
+        req: &req,
+        is_h2: false,
+        peer: None,
+    };
+    let decided = tokio::time::timeout(
+        cfg.jwks.fetch_timeout + Duration::from_secs(2),
+        decide(&cfg, deps, &input, &mut out),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = task {
+        t.abort();
+    }
+    match decided {
+        Ok(d) => out.finish(&d),
+        Err(_) => {
+            out.line("the realm's keys could not be fetched in time");
+            out.end(false, 503, Some("realm_unavailable"), "realm_unavailable")
+        }
+    }
+}
+
+/// The request a client would send for `url`: `Host` is the URL's authority as written,
+/// the target its origin-form rest, byte for byte.
+fn build_request(method: &str, url: &str, token: Option<&str>) -> Result<RequestHeader, String> {
+    let raw = url.as_bytes();
+    let Some(authority) = absolute_form_authority(raw) else {
+        return Err(format!("{url:?} names no host (use http://host/path)"));
+    };
+    let target = origin_form(raw);
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    let mut req = RequestHeader::build(method, target, None)
+        .map_err(|_| format!("{url:?} is not a request target a client could send"))?;
+    req.append_header(http::header::HOST, authority)
+        .map_err(|_| format!("{url:?} has a host no client could send"))?;
+    if let Some(t) = token {
+        req.append_header(http::header::AUTHORIZATION, format!("Bearer {t}"))
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+    }
+    Ok(req)
+}
+
+/// Records the trace as numbered lines.
+struct Narrative<'c> {
+    cfg: &'c RuntimeConfig,
+    text: String,
+    step: usize,
+    claims_key: Option<crate::demo::SigningKey>,
+    /// The tenant the host resolved to (for its role map).
+    tenant: Option<crate::tenant::Tenant>,
+}
+
+impl<'c> Narrative<'c> {
+    fn new(cfg: &'c RuntimeConfig) -> Self {
+        Self {
+            cfg,
+            text: String::new(),
+            step: 0,
+            claims_key: None,
+            tenant: None,
+        }
+    }
+
+    fn numbered(&mut self, title: &str, detail: impl AsRef<str>) {
+        self.step += 1;
+        let _ = writeln!(self.text, "{}. {title}: {}", self.step, detail.as_ref());
+    }
+
+    fn line(&mut self, detail: impl AsRef<str>) {
+        let _ = writeln!(self.text, "     {}", detail.as_ref());
+    }
+
+    fn usage(self, why: impl AsRef<str>) -> Explanation {
+        self.end(false, 400, None, why)
+    }
+
+    fn end(
+        mut self,
+        allowed: bool,
+        status: u16,
+        code: Option<&'static str>,
+        why: impl AsRef<str>,
+    ) -> Explanation {
+        let verdict = if allowed { "ALLOW" } else { "DENY" };
+        let _ = writeln!(self.text, "=> {verdict} ({status}): {}", why.as_ref());
+        Explanation {
+            allowed,
+            status,
+            code,
+            text: self.text,
+        }
+    }
+
+    fn finish(self, d: &Decision) -> Explanation {
+        let (Some(tenant), identity) = (&d.tenant, &d.identity) else {
+            return match &d.outcome {
+                Outcome::Refuse { rejection, .. } => {
+                    let why = rejection.code;
+                    self.end(false, rejection.status, Some(why), why)
+                }
+                Outcome::Forward(_) => self.end(true, 200, None, "forwarded"),
+            };
+        };
+        match &d.outcome {
+            Outcome::Refuse { rejection, stage } => {
+                let why = match (stage, &rejection.required) {
+                    (Stage::Permission, _) => {
+                        let label = d
+                            .route
+                            .and_then(|r| r.rule(self.cfg, tenant))
+                            .and_then(|r| match r.access() {
+                                crate::authz::Access::Permission(p) => Some(p.label()),
+                                _ => None,
+                            })
+                            .unwrap_or("");
+                        format!("{}: requires {label}", rejection.code)
+                    }
+                    _ => format!("{}: {}", rejection.code, rejection.message),
+                };
+                self.end(false, rejection.status, Some(rejection.code), why)
+            }
+            Outcome::Forward(f) => {
+                let who = identity
+                    .as_ref()
+                    .map_or(String::new(), |i| format!(" X-User-ID {}", i.sub()));
+                let why = match &f.verdict {
+                    Verdict::Public => "public route".to_string(),
+                    Verdict::Authenticated => {
+                        "authenticated route and the token is valid".to_string()
+                    }
+                    Verdict::Allow => {
+                        format!("allowed; upstream receives X-Tenant-ID {}{who}", tenant.id)
+                    }
+                    Verdict::Shadow { would_be, .. } => {
+                        format!(
+                            "shadow mode: would be {} ({})",
+                            would_be.status, would_be.code
+                        )
+                    }
+                };
+                let code = match &f.verdict {
+                    Verdict::Shadow { would_be, .. } => Some(would_be.code),
+                    _ => None,
+                };
+                self.end(true, 200, code, why)
+            }
+        }
+    }
+}
+
+impl Trace for Narrative<'_> {
+    fn step(&mut self, step: Step<'_>) {
+        match step {
+            Step::Tenant { host, tenant } => {
+                self.tenant = Some(tenant.clone());
+                let source = match tenant.source {
+                    TenantSource::Static { index } => format!("tenants[{index}]"),
+                    TenantSource::Pattern { index } => {
+                        format!("host_patterns[{index}], realm loaded on demand")
+                    }
+                };
+                self.numbered(
+                    "host",
+                    format!(
+                        "{} -> tenant {} (realm {}, status {}, {source})",
+                        String::from_utf8_lossy(host),
+                        tenant.id,
+                        tenant.realm,
+                        tenant.status
+                    ),
                 );
             }
-            out.note(format!("iss matches {issuer}"));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            match c.get("exp").and_then(Value::as_u64) {
-                Some(exp) if exp + cfg.raw.keycloak.leeway.as_secs() >= now => {
-                    out.note(format!("exp in {}s", exp.saturating_sub(now)))
-                }
-                Some(_) => return out.finish(false, 401, "token_expired"),
-                None => return out.finish(false, 401, "malformed_token: exp is required"),
+            Step::Path { canonical } => {
+                let rewritten = if canonical.is_rewritten() {
+                    format!(
+                        " (canonical form, forwarded as {})",
+                        String::from_utf8_lossy(&canonical.request_target())
+                    )
+                } else {
+                    String::new()
+                };
+                self.numbered("path", format!("{}{rewritten}", canonical.path()));
             }
-            let clients = cfg.verify.client_role_clients.clone();
-            let permissions = cfg
-                .verify
-                .permissions_claim
-                .as_deref()
-                .and_then(|p| c.get(p))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
-            Caller {
-                sub: c
-                    .get("sub")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                roles: roles_from_claims(&c, &clients),
-                permissions,
-            }
-        }
-        Credentials::Token(token) => {
-            let (keys, refresher) = key_store(cfg.jwks.clone(), vec![tenant.realm.to_string()]);
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(refresher.run(stop_rx));
-            // Give the refresher its first load (bounded) before judging the token.
-            let deadline = tokio::time::Instant::now() + cfg.jwks.fetch_timeout;
-            while !keys.static_realms_ready() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let verifier = Verifier::new(keys, cfg.verify.clone());
-            let result = tokio::time::timeout(
-                cfg.jwks.fetch_timeout + Duration::from_secs(2),
-                verifier.verify(&tenant.id, &tenant.realm, token.trim()),
-            )
-            .await;
-            let _ = stop_tx.send(true);
-            task.abort();
-            match result {
-                Ok(Ok(id)) => {
-                    out.step("token", format!("verified against {issuer} (signature, alg, iss, aud/azp, exp/nbf/iat, typ)"));
-                    out.note(format!("sub {}", id.sub()));
-                    Caller {
-                        sub: id.sub().to_owned(),
-                        roles: id.all_roles().to_vec(),
-                        permissions: id.permissions.iter().map(|p| p.to_string()).collect(),
-                    }
+            Step::Route {
+                method,
+                rule,
+                default_policy,
+                enforce,
+            } => {
+                match rule {
+                    Some(r) => self.numbered(
+                        "route",
+                        format!("{method} matched {} \"{}\"", r.id(), r.pattern()),
+                    ),
+                    None => self.numbered(
+                        "route",
+                        format!(
+                            "{method} matched no rule; default_policy {}",
+                            match default_policy {
+                                DefaultPolicy::Deny => "deny",
+                                DefaultPolicy::Authenticated => "authenticated",
+                                DefaultPolicy::Allow => "allow",
+                            }
+                        ),
+                    ),
                 }
-                Ok(Err(e)) => {
-                    out.step("token", format!("refused: {}", e.description()));
-                    return out.finish(false, e.http_status(), e.code());
-                }
-                Err(_) => {
-                    out.step("token", "the realm's keys could not be fetched in time");
-                    return out.finish(false, 503, "realm_unavailable");
+                if !enforce {
+                    self.line("shadow mode (enforce: false): a refusal below is logged and counted, the request passes");
                 }
             }
-        }
-    };
-
-    // 4. roles and grants
-    let role_map = cfg.roles_for(&tenant);
-    let mut lines = Vec::new();
-    for r in &caller.roles {
-        match role_map.get(r) {
-            Some(g) => lines.push(format!("{r} -> {} grant(s) from config", g.len())),
-            None => lines.push(format!("{r} -> no config grants")),
-        }
-    }
-    out.step(
-        "roles",
-        if lines.is_empty() {
-            "none".to_string()
-        } else {
-            lines.join("; ")
-        },
-    );
-    if !caller.permissions.is_empty() {
-        out.note(format!(
-            "token permissions claim: {}",
-            caller.permissions.join(", ")
-        ));
-    }
-    let Some(req) = requirement else {
-        return out.finish(true, 200, "authenticated route and the token is valid");
-    };
-    let store: Arc<GrantStore<PermissionSet>> = match GrantStore::new(cfg.grants.clone()) {
-        Ok(s) => s,
-        Err(e) => return out.finish(false, 500, format!("redis settings: {e}")),
-    };
-    let mut redis_note = String::from("redis not configured");
-    let set = store
-        .effective(&tenant.id, &caller.sub, &caller.roles, |src| {
-            let extra: Vec<&str> = match src {
-                GrantSource::Redis(raw) => {
-                    redis_note = format!(
+            Step::Access { asked } => match asked {
+                Asked::Public => {
+                    self.numbered("access", "public: no token needed, no identity forwarded")
+                }
+                Asked::Authenticated => {
+                    self.numbered("access", "authenticated: any valid token of this realm")
+                }
+                Asked::Permission(req) => self.numbered(
+                    "access",
+                    format!("requires {} ({:?})", req.label(), req.mode()),
+                ),
+                Asked::Denied => self.numbered("access", "no rule allows it (default_policy deny)"),
+            },
+            Step::Token { identity } => {
+                let how = if self.claims_key.is_some() {
+                    "claims supplied with --claims: every check but the signature applied"
+                } else {
+                    "verified (signature, alg, iss, aud, exp/nbf/iat, typ)"
+                };
+                self.numbered("token", how);
+                self.line(format!("sub {}", identity.sub()));
+                let roles = self.cfg_roles(identity.all_roles());
+                self.numbered("roles", roles);
+                if !identity.permissions.is_empty() {
+                    let p: Vec<&str> = identity.permissions.iter().map(|p| &**p).collect();
+                    self.line(format!("token permissions claim: {}", p.join(", ")));
+                }
+            }
+            Step::Grants { source } => {
+                let note = match source {
+                    GrantSource::Redis(raw) => format!(
                         "redis: {} user grant(s) [{}]; role grants: {}",
                         raw.user.len(),
                         raw.user.join(", "),
@@ -346,68 +360,83 @@ pub async fn explain(
                             .map(|(r, g)| format!("{r}=[{}]", g.join(", ")))
                             .collect::<Vec<_>>()
                             .join(" ")
-                    );
-                    raw.user
-                        .iter()
-                        .chain(raw.roles.iter().flat_map(|(_, g)| g.iter()))
-                        .map(String::as_str)
-                        .collect()
-                }
-                GrantSource::Unavailable => {
-                    redis_note =
-                        "redis unavailable: Redis-only grants are not counted (fail closed)".into();
-                    Vec::new()
-                }
-                GrantSource::Disabled => Vec::new(),
-            };
-            role_map
-                .compile(
-                    &cfg.catalog,
-                    caller.roles.iter().map(|r| &**r),
-                    caller.permissions.iter().map(String::as_str).chain(extra),
-                )
-                .0
-        })
-        .await;
-    out.step("grants", redis_note);
-
-    // 5. decision
-    match req.authorize(&set) {
-        Some(scope) => {
-            let scope = cfg.catalog.scopes().name(scope);
-            out.step(
-                "permission",
-                format!(
-                    "{} granted; widest scope held: {scope} (forwarded as X-Auth-Scope)",
-                    req.label()
-                ),
-            );
-            out.finish(
-                true,
-                200,
-                format!(
-                    "allowed; upstream receives X-Tenant-ID {} X-User-ID {}",
-                    tenant.id, caller.sub
-                ),
-            )
-        }
-        None => {
-            out.step(
-                "permission",
-                format!(
-                    "{} not granted by any role, claim or Redis grant",
-                    req.label()
-                ),
-            );
-            if enforce {
-                out.finish(false, 403, format!("forbidden: requires {}", req.label()))
-            } else {
-                out.finish(
-                    true,
-                    200,
-                    format!("shadow mode: would be 403 (requires {})", req.label()),
-                )
+                    ),
+                    GrantSource::Unavailable => {
+                        "redis unavailable: Redis-only grants are not counted (fail closed)".into()
+                    }
+                    GrantSource::Disabled => "redis not configured".into(),
+                };
+                self.numbered("grants", note);
             }
+            Step::Permission {
+                requirement,
+                granted,
+            } => match granted {
+                Some(scope) => {
+                    let scope = self.cfg.catalog.scopes().name(scope);
+                    self.numbered(
+                        "permission",
+                        format!(
+                            "{} granted; widest scope held: {scope} (forwarded as X-Auth-Scope)",
+                            requirement.label()
+                        ),
+                    );
+                }
+                None => self.numbered(
+                    "permission",
+                    format!(
+                        "{} not granted by any role, claim or Redis grant",
+                        requirement.label()
+                    ),
+                ),
+            },
+            Step::Refused {
+                stage,
+                rejection,
+                detail,
+            } => {
+                let title = match stage {
+                    Stage::Host => "host",
+                    Stage::Tenant => "tenant",
+                    Stage::Path => "path",
+                    Stage::Route => "route",
+                    Stage::Token => "token",
+                    Stage::Permission => "permission",
+                };
+                let why = match detail {
+                    Detail::None => rejection.message.to_string(),
+                    Detail::Reason(r) => format!("{} ({r})", rejection.message),
+                    Detail::Auth(e) => format!("refused: {}", e.description()),
+                };
+                self.numbered(
+                    title,
+                    format!("{why} -> {} {}", rejection.status, rejection.code),
+                );
+            }
+            Step::ShadowPass { would_be } => self.line(format!(
+                "shadow mode: {} {} is logged and counted, the request passes",
+                would_be.status, would_be.code
+            )),
         }
+    }
+}
+
+impl Narrative<'_> {
+    fn cfg_roles(&self, roles: &[Arc<str>]) -> String {
+        if roles.is_empty() {
+            return "none".into();
+        }
+        let map = match &self.tenant {
+            Some(t) => self.cfg.roles_for(t),
+            None => &self.cfg.roles,
+        };
+        roles
+            .iter()
+            .map(|r| match map.get(r) {
+                Some(g) => format!("{r} -> {} grant(s) from config", g.len()),
+                None => format!("{r} -> no config grants"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
