@@ -335,10 +335,16 @@ impl Trace for Narrative<'_> {
                 Asked::Denied => self.numbered("access", "no rule allows it (default_policy deny)"),
             },
             Step::Token { identity } => {
-                let how = if self.claims_key.is_some() {
-                    "claims supplied with --claims: every check but the signature applied"
-                } else {
-                    "verified (signature, alg, iss, aud, exp/nbf/iat, typ)"
+                let how = match (&self.claims_key, &self.tenant) {
+                    (Some(_), _) => {
+                        "claims supplied with --claims: every check but the signature applied"
+                            .to_string()
+                    }
+                    (None, Some(t)) => format!(
+                        "verified against realm {}'s keys (signature, alg, iss, aud, exp/nbf/iat, typ)",
+                        t.realm
+                    ),
+                    (None, None) => "verified".to_string(),
                 };
                 self.numbered("token", how);
                 self.line(format!("sub {}", identity.sub()));
