@@ -46,7 +46,6 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{metrics, OTHER};
-use crate::verify::AuthError;
 
 /// Seconds since the Unix epoch; injectable so expiry and staleness tests are deterministic.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -74,6 +73,25 @@ pub const MAX_KEYS_PER_REALM: usize = 64;
 /// Negative-cache bound: distinct unknown realm names remembered (CLOCK-Pro eviction).
 pub const NEGATIVE_CACHE_CAPACITY: usize = 10_000;
 const CMD_QUEUE: usize = 1024;
+
+/// Why the store could not hand out a realm or a key.
+///
+/// Its own type, not `verify::AuthError`: the key store is a lower layer than token
+/// verification and must not import it (the two modules used to import each other).
+/// `verify` maps it into `AuthError` with a `From` impl, so the stable codes and HTTP statuses
+/// stay defined in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum KeyError {
+    /// Not a valid realm name, a realm the IdP does not know, or no dynamic realms allowed.
+    #[error("unknown tenant")]
+    UnknownTenant,
+    /// Keys cannot be had in time, or are older than `max_stale`; retry after this long.
+    #[error("realm keys unavailable")]
+    RealmUnavailable { retry_after_secs: u64 },
+    /// No key of the realm matches the token's `kid` (after at most one refetch).
+    #[error("unknown signing key")]
+    UnknownKey,
+}
 
 /// Signature algorithms realmgate accepts. HMAC and `none` are deliberately absent: a
 /// realm's public key must never double as an HMAC secret.
@@ -956,10 +974,10 @@ impl KeyStore {
 
     /// Resolves a realm with usable keys, loading it (bounded wait) if needed.
     ///
-    /// Errors: `unknown_tenant` for names the IdP does not know (negatively cached) or that
-    /// are not valid realm names; `realm_unavailable` when keys cannot be had in time or are
-    /// older than `max_stale`.
-    pub(crate) async fn realm(&self, name: &str) -> Result<Arc<Realm>, AuthError> {
+    /// Errors: [`KeyError::UnknownTenant`] for names the IdP does not know (negatively cached)
+    /// or that are not valid realm names; [`KeyError::RealmUnavailable`] when keys cannot be had
+    /// in time or are older than `max_stale`.
+    pub(crate) async fn realm(&self, name: &str) -> Result<Arc<Realm>, KeyError> {
         let now = self.now();
         let realm = match self.lookup(name) {
             Some(r) => r,
@@ -974,7 +992,7 @@ impl KeyStore {
             // Loaded but stale beyond max_stale: the refresher keeps retrying with backoff;
             // one request-triggered attempt per interval can help it along.
             let _ = self.await_fetch(&realm, Duration::ZERO, &settings).await;
-            return Err(AuthError::RealmUnavailable {
+            return Err(KeyError::RealmUnavailable {
                 retry_after_secs: secs_ceil(settings.min_refetch_interval).max(1),
             });
         }
@@ -986,36 +1004,36 @@ impl KeyStore {
             return Ok(realm);
         }
         if realm.state() == NOT_FOUND && !realm.is_static() {
-            return Err(AuthError::UnknownTenant);
+            return Err(KeyError::UnknownTenant);
         }
         let retry = match waited {
             Waited::Denied(s) => s,
             Waited::Done => secs_ceil(settings.min_refetch_interval),
         };
-        Err(AuthError::RealmUnavailable {
+        Err(KeyError::RealmUnavailable {
             retry_after_secs: retry.max(1),
         })
     }
 
     /// First sight of a dynamic realm: validate, consult the negative cache and the global
     /// admission bucket, then insert it (evicting the least recently used dynamic realm).
-    fn admit_dynamic(&self, name: &str, now: u64) -> Result<Arc<Realm>, AuthError> {
+    fn admit_dynamic(&self, name: &str, now: u64) -> Result<Arc<Realm>, KeyError> {
         if !valid_realm_name(name) {
-            return Err(AuthError::UnknownTenant);
+            return Err(KeyError::UnknownTenant);
         }
         if let Some(until) = self.negative.get(name) {
             if now < until {
-                return Err(AuthError::UnknownTenant);
+                return Err(KeyError::UnknownTenant);
             }
             self.negative.remove(name);
         }
         let settings = self.settings.load();
         if settings.max_dynamic_realms == 0 {
-            return Err(AuthError::UnknownTenant);
+            return Err(KeyError::UnknownTenant);
         }
         if !self.limiter.lock().try_take(Instant::now()) {
             debug!(realm = %name, "dynamic realm admission rate exceeded");
-            return Err(AuthError::RealmUnavailable {
+            return Err(KeyError::RealmUnavailable {
                 retry_after_secs: 1,
             });
         }
@@ -1117,20 +1135,20 @@ impl KeyStore {
         &self,
         realm: &Arc<Realm>,
         kid: Option<&str>,
-    ) -> Result<Arc<PreparedKey>, AuthError> {
+    ) -> Result<Arc<PreparedKey>, KeyError> {
         if let Some(k) = realm.find_key(kid) {
             return Ok(k);
         }
         if kid.is_none() {
-            return Err(AuthError::UnknownKey);
+            return Err(KeyError::UnknownKey);
         }
         let settings = self.settings.load_full();
         match self
             .await_fetch(realm, settings.refetch_wait, &settings)
             .await
         {
-            Waited::Denied(_) => Err(AuthError::UnknownKey),
-            Waited::Done => realm.find_key(kid).ok_or(AuthError::UnknownKey),
+            Waited::Denied(_) => Err(KeyError::UnknownKey),
+            Waited::Done => realm.find_key(kid).ok_or(KeyError::UnknownKey),
         }
     }
 
@@ -2871,14 +2889,14 @@ mod tests {
         // Unknown realm: 404 -> unknown_tenant, remembered.
         assert_eq!(
             store.realm("nope").await.unwrap_err(),
-            AuthError::UnknownTenant
+            KeyError::UnknownTenant
         );
         let disco = idp.hits("disco", "nope");
         assert_eq!(disco, 1);
         for _ in 0..5 {
             assert_eq!(
                 store.realm("nope").await.unwrap_err(),
-                AuthError::UnknownTenant
+                KeyError::UnknownTenant
             );
         }
         assert_eq!(
@@ -2890,7 +2908,7 @@ mod tests {
         // Invalid names never reach the IdP.
         assert_eq!(
             store.realm("../admin").await.unwrap_err(),
-            AuthError::UnknownTenant
+            KeyError::UnknownTenant
         );
     }
 
@@ -2909,7 +2927,7 @@ mod tests {
             .filter(|e| {
                 matches!(
                     e,
-                    AuthError::RealmUnavailable {
+                    KeyError::RealmUnavailable {
                         retry_after_secs: 1
                     }
                 )
@@ -2928,12 +2946,12 @@ mod tests {
         settings.min_refetch_interval = Duration::from_secs(10);
         let (store, _stop) = start_store(settings, &[], system_clock());
         let err = store.realm("r-off").await.unwrap_err();
-        assert_eq!(err.code(), "realm_unavailable");
-        assert_eq!(err.http_status(), 503);
+        // 503 `realm_unavailable` once mapped: `verify`'s key_errors_map_to_auth_errors.
+        assert!(matches!(err, KeyError::RealmUnavailable { .. }), "{err:?}");
         // A second request within the interval does not fetch again and says when to retry.
         let hits = idp.total_hits();
         match store.realm("r-off").await.unwrap_err() {
-            AuthError::RealmUnavailable { retry_after_secs } => {
+            KeyError::RealmUnavailable { retry_after_secs } => {
                 assert!((1..=10).contains(&retry_after_secs))
             }
             e => panic!("{e:?}"),

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tracing::{debug, error};
 
-use crate::jwks::{Alg, KeyRefusal, KeyStore, PreparedKey};
+use crate::jwks::{Alg, KeyError, KeyRefusal, KeyStore, PreparedKey};
 use crate::metrics::metrics;
 
 /// Default cap on a token's size; bigger ones are `token_too_large` (401), never a 500.
@@ -152,6 +152,20 @@ impl AuthError {
         match self {
             AuthError::RealmUnavailable { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
+        }
+    }
+}
+
+/// The key store's refusals, under the codes and statuses defined here (the store does not
+/// know `AuthError`; see [`KeyError`]).
+impl From<KeyError> for AuthError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::UnknownTenant => AuthError::UnknownTenant,
+            KeyError::RealmUnavailable { retry_after_secs } => {
+                AuthError::RealmUnavailable { retry_after_secs }
+            }
+            KeyError::UnknownKey => AuthError::UnknownKey,
         }
     }
 }
@@ -1910,6 +1924,46 @@ mod tests {
             Some(7)
         );
         assert_eq!(BadSignature.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn key_errors_map_to_auth_errors() {
+        for (e, want, code, status) in [
+            (
+                KeyError::UnknownTenant,
+                AuthError::UnknownTenant,
+                "unknown_tenant",
+                404,
+            ),
+            (
+                KeyError::RealmUnavailable {
+                    retry_after_secs: 7,
+                },
+                AuthError::RealmUnavailable {
+                    retry_after_secs: 7,
+                },
+                "realm_unavailable",
+                503,
+            ),
+            (
+                KeyError::UnknownKey,
+                AuthError::UnknownKey,
+                "unknown_key",
+                401,
+            ),
+        ] {
+            let got = AuthError::from(e);
+            assert_eq!(got, want);
+            assert_eq!((got.code(), got.http_status()), (code, status));
+            assert_eq!(got.to_string(), e.to_string(), "same wording");
+        }
+        assert_eq!(
+            AuthError::from(KeyError::RealmUnavailable {
+                retry_after_secs: 7
+            })
+            .retry_after_secs(),
+            Some(7)
+        );
     }
 
     #[test]
