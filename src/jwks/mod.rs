@@ -1936,10 +1936,14 @@ pub(crate) mod testkit {
     macro_rules! key {
         ($name:literal, $ctor:ident, $alg:expr) => {
             TestKey {
-                enc: EncodingKey::$ctor(include_bytes!(concat!("../testdata/jwt/", $name, ".pem")))
-                    .unwrap(),
+                enc: EncodingKey::$ctor(include_bytes!(concat!(
+                    "../../testdata/jwt/",
+                    $name,
+                    ".pem"
+                )))
+                .unwrap(),
                 alg: $alg,
-                public_pem: include_str!(concat!("../testdata/jwt/", $name, ".pub.pem")),
+                public_pem: include_str!(concat!("../../testdata/jwt/", $name, ".pub.pem")),
             }
         };
     }
@@ -1955,7 +1959,7 @@ pub(crate) mod testkit {
     }
     /// The public JWK of a 1024-bit RSA key (kid "small"); its private half is not kept.
     pub fn rsa_small_jwk() -> Value {
-        serde_json::from_str(include_str!("../testdata/jwt/rsa_small.jwk.json")).unwrap()
+        serde_json::from_str(include_str!("../../testdata/jwt/rsa_small.jwk.json")).unwrap()
     }
     pub fn ec() -> TestKey {
         key!("ec_p256", from_ec_pem, Algorithm::ES256)
