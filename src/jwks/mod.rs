@@ -29,9 +29,9 @@
 //! - Keys belong to their realm: each realm has its own key set, so the same `kid` in two
 //!   realms names two unrelated keys.
 //!
-//! Layout: [`alg`] (accepted algorithms), [`settings`] (configuration and each realm's key
-//! source), [`keys`] (JWK parsing and key sets), [`realm`] (one realm's state), [`store`]
-//! (the [`KeyStore`] the request path reads), [`fetch`] (discovery and JWKS HTTP), [`refresher`]
+//! Layout: `alg` (accepted algorithms), `settings` (configuration and each realm's key
+//! source), `keys` (JWK parsing and key sets), `realm` (one realm's state), `store`
+//! (the [`KeyStore`] the request path reads), `fetch` (discovery and JWKS HTTP), `refresher`
 //! (the fetching task and its schedule). The store reports its refusals as its own `KeyError`;
 //! it imports nothing from `verify`.
 

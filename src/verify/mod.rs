@@ -19,11 +19,11 @@
 //! built with none refuses every token with `audience_mismatch` (fail closed) rather than
 //! accepting tokens minted for any client of the realm.
 //!
-//! Layout: [`error`] (the reasons and their codes), [`extract`] (finding the token),
-//! [`settings`] (the policy), [`jose`] (header policy, base64url), [`claims`] (claims and
-//! their checks), [`identity`] (the forwarded identity), [`cache`] (the verified-token
+//! Layout: `error` (the reasons and their codes), `extract` (finding the token),
+//! `settings` (the policy), `jose` (header policy, base64url), `claims` (claims and
+//! their checks), `identity` (the forwarded identity), `cache` (the verified-token
 //! cache); the [`Verifier`] here runs them in order. Key-store refusals arrive as
-//! [`crate::jwks::KeyError`] and become [`AuthError`]s through `From`.
+//! `crate::jwks::KeyError` and become [`AuthError`]s through `From`.
 
 mod cache;
 mod claims;
