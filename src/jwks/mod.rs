@@ -1,0 +1,61 @@
+//! Realm signing keys: OIDC discovery, JWKS fetching, prepared verification keys, refresh.
+//!
+//! Why it is shaped like this:
+//! - **One fetcher.** Pingora runs every service on its own tokio runtime, and a reqwest
+//!   client's pooled connections belong to the runtime that created them ("dispatch dropped").
+//!   So all discovery/JWKS HTTP happens in the [`JwksRefresher`] task. The request path only
+//!   sends it a [`Cmd`](store::Cmd) over a channel and waits, bounded, on the realm's `Notify`.
+//! - **Lock-free reads.** The request path reads [`KeyStore`] through `arc-swap` snapshots: the
+//!   realm map, and per realm a [`KeySet`](keys::KeySet) of keys parsed once into aws-lc-rs
+//!   `ParsedPublicKey`s (never per request).
+//! - **No amplification.** Request-triggered fetches (unknown kid, realm not loaded yet) are
+//!   single-flight per realm and at most one per `min_refetch_interval`; never-seen dynamic
+//!   realms are admitted through a global token bucket and IdP 404s are negatively cached. A
+//!   flood of random kids or random subdomains therefore costs the IdP a bounded number of
+//!   requests per second, whatever the attacker's request rate.
+//! - **Fail closed, degrade gracefully.** A failed refresh keeps the last-good keys for up to
+//!   `max_stale`; beyond that, or for a realm never loaded, requests get `realm_unavailable`
+//!   (503), never a pass.
+//!
+//! Key selection rules (documented contract):
+//! - A JWK is usable only if `kty` is RSA (>= 2048 bit), EC (P-256/P-384) or OKP (Ed25519);
+//!   `use` is absent or `sig`; `key_ops`, when present, contains `verify`; and `alg` is absent
+//!   or is one of the realm's allowed algorithms and fits the key type. Symmetric (`oct`) keys
+//!   are never usable. Unusable keys are skipped with a log line.
+//! - Keys without `kid`: a token without `kid` is verified only when the realm's set holds
+//!   exactly one usable key (whatever that key's kid). A token with a `kid` only ever matches a
+//!   key with the same `kid`. A kid-less key in a multi-key set is therefore unreachable and is
+//!   skipped. Two usable keys sharing a `kid` are both skipped (ambiguous).
+//! - Keys belong to their realm: each realm has its own key set, so the same `kid` in two
+//!   realms names two unrelated keys.
+//!
+//! Layout: `alg` (accepted algorithms), `settings` (configuration and each realm's key
+//! source), `keys` (JWK parsing and key sets), `realm` (one realm's state), `store`
+//! (the [`KeyStore`] the request path reads), `fetch` (discovery and JWKS HTTP), `refresher`
+//! (the fetching task and its schedule). The store reports its refusals as its own `KeyError`;
+//! it imports nothing from `verify`.
+
+mod alg;
+mod error;
+mod fetch;
+mod keys;
+mod realm;
+mod refresher;
+mod settings;
+mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
+
+pub use alg::{Alg, AlgSet};
+pub(crate) use error::KeyError;
+pub use fetch::{parse_max_age, MAX_CONCURRENT_FETCHES};
+pub(crate) use keys::KeyRefusal;
+pub use keys::{PreparedKey, MAX_KEYS_PER_REALM};
+pub use refresher::{
+    next_refresh_interval, JwksRefresher, BACKOFF_MAX, BACKOFF_START, MIN_MAX_AGE,
+};
+pub use settings::{valid_realm_name, JwksSettings, RealmOverride};
+pub use store::{
+    key_store, key_store_with_clock, system_clock, Clock, KeyStore, RealmInfo,
+    NEGATIVE_CACHE_CAPACITY,
+};
