@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use super::raw::{self, RawConfig};
 use super::ConfigError;
 use crate::assertion::{AssertionKey, AssertionSettings};
+use crate::authz::path::{DoubleEncoding, PathRules};
 use crate::authz::{
     Catalog, DefaultPolicy, MatchMode, RoleMap, RoleSource, RouteRule, RouteSpec, RouteTable,
     Scopes, SlashPolicy,
@@ -67,7 +68,12 @@ pub struct RuntimeConfig {
     /// Per static tenant: `false` = shadow mode.
     tenant_enforce: Vec<bool>,
     pub default_policy: DefaultPolicy,
-    pub slashes: SlashPolicy,
+    /// Every canonicalisation rule (`paths.slashes` and `paths.double_encoding`), passed
+    /// whole to `canonicalize`; the name predates the second rule and is kept for its callers.
+    pub slashes: PathRules,
+    /// Settings that are valid but weaken a default protection, for `realmgate check` and
+    /// the log (see [`RuntimeConfig::log_warnings`]).
+    pub warnings: Vec<String>,
     pub jwks: JwksSettings,
     pub verify: VerifySettings,
     pub grants: Option<GrantSettings>,
@@ -409,6 +415,7 @@ impl RuntimeConfig {
             key_prefix: r.key_prefix.clone(),
             ..GrantSettings::default()
         });
+        let warnings = load_warnings(&raw);
         let mut static_realms: Vec<String> = raw.tenants.iter().map(|t| t.realm.clone()).collect();
         static_realms.sort();
         static_realms.dedup();
@@ -462,10 +469,17 @@ impl RuntimeConfig {
                         raw::DefaultPolicySection::Authenticated => DefaultPolicy::Authenticated,
                         raw::DefaultPolicySection::Allow => DefaultPolicy::Allow,
                     },
-                    slashes: match raw.paths.slashes {
-                        raw::SlashesSection::Merge => SlashPolicy::Merge,
-                        raw::SlashesSection::Reject => SlashPolicy::Reject,
+                    slashes: PathRules {
+                        slashes: match raw.paths.slashes {
+                            raw::SlashesSection::Merge => SlashPolicy::Merge,
+                            raw::SlashesSection::Reject => SlashPolicy::Reject,
+                        },
+                        double_encoding: match raw.paths.double_encoding {
+                            raw::DoubleEncodingSection::Reject => DoubleEncoding::Reject,
+                            raw::DoubleEncodingSection::Allow => DoubleEncoding::Allow,
+                        },
                     },
+                    warnings,
                     jwks,
                     verify,
                     grants,
@@ -477,6 +491,33 @@ impl RuntimeConfig {
             }
             _ => Err(ConfigError { errors: e.0 }),
         }
+    }
+}
+
+/// Valid settings that switch off a default protection: printed by `realmgate check` and
+/// logged when a config with them is installed.
+fn load_warnings(raw: &RawConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    if raw.paths.double_encoding == raw::DoubleEncodingSection::Allow {
+        w.push(
+            "paths.double_encoding: allow forwards %25 followed by two hex digits (%252F); safe \
+             only if the backend and everything in front of it decode the path exactly once"
+                .to_string(),
+        );
+    }
+    w
+}
+
+impl RuntimeConfig {
+    /// Logs the warnings that the previously installed config did not already have, so a
+    /// switch turned on by a reload is reported once, not again at every tenant sync.
+    pub fn log_warnings(&self) {
+        static LAST: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+        let mut last = LAST.lock();
+        for w in self.warnings.iter().filter(|w| !last.contains(w)) {
+            tracing::warn!("{w}");
+        }
+        last.clone_from(&self.warnings);
     }
 }
 
