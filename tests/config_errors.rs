@@ -385,3 +385,41 @@ fn every_duration_has_an_upper_bound() {
         "keycloak.leeway: 11m is too long (at most 10m)",
     );
 }
+
+#[test]
+fn check_output_masks_credentials_in_urls() {
+    let yaml = format!("{BASE}redis: {{url: \"redis://admin:s3cret@redis.internal:6379/2\"}}\n");
+    let summary = config::from_str(&yaml, &HashMap::new()).unwrap().summary();
+    assert!(
+        !summary.contains("s3cret") && !summary.contains("admin:"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("redis://***@redis.internal:6379/2"),
+        "{summary}"
+    );
+    let bad = format!("{BASE}redis: {{url: \"http://u:s3cret@redis.internal\"}}\n");
+    let errs = errors_of(&bad).join("\n");
+    assert!(
+        errs.contains("redis.url") && !errs.contains("s3cret"),
+        "{errs}"
+    );
+    let bad = BASE.replace("http://keycloak:8080", "ftp://kc:s3cret@keycloak");
+    let errs = errors_of(&bad).join("\n");
+    assert!(
+        errs.contains("keycloak.base_url") && !errs.contains("s3cret"),
+        "{errs}"
+    );
+    for (url, want) in [
+        ("redis://h:1", "redis://h:1"),
+        ("redis://:pw@h:1/0", "redis://***@h:1/0"),
+        ("rediss://user:p@ss@h", "rediss://***@h"),
+        (
+            "unix:///run/redis.sock?db=1&pass=pw",
+            "unix:///run/redis.sock?db=1&pass=***",
+        ),
+        ("https://kc/realms/x?a@b", "https://kc/realms/x?a@b"),
+    ] {
+        assert_eq!(config::mask_url(url), want);
+    }
+}

@@ -515,3 +515,44 @@ async fn delete_user(gw: &Gateway, host: &str, token: &str) -> u16 {
         .status()
         .as_u16()
 }
+
+/// `realmgate check` prints the summary without the Redis password, and warns about settings
+/// that switch a protection off.
+#[test]
+fn check_masks_credentials_and_prints_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("realmgate.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listen: {proxy: "127.0.0.1:18080", admin: "127.0.0.1:19090"}
+upstream: {default: "127.0.0.1:8000"}
+keycloak: {base_url: "http://keycloak:8080", audiences: [qa-platform-backend]}
+tenants:
+  - {id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}
+paths: {double_encoding: allow}
+redis: {url: "redis://admin:s3cret-pw@redis.internal:6379/2"}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains("redis: redis://***@redis.internal:6379/2"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: paths.double_encoding: allow"),
+        "{stderr}"
+    );
+}

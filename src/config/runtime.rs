@@ -150,7 +150,7 @@ impl RuntimeConfig {
             raw.roles.len(),
             raw.scopes.join(" < "),
             self.default_upstream.name,
-            raw.redis.as_ref().map(|r| r.url.as_str()).unwrap_or("not configured"),
+            raw.redis.as_ref().map(|r| mask_url(&r.url)).unwrap_or(Cow::Borrowed("not configured")),
         );
         for t in &raw.tenants {
             out.push_str(&format!(
@@ -334,7 +334,7 @@ impl RuntimeConfig {
                     "redis.url",
                     format!(
                         "\"{}\" must start with redis://, rediss:// or unix://",
-                        r.url
+                        mask_url(&r.url)
                     ),
                 );
             }
