@@ -15,7 +15,7 @@
 //! Tenant ids and realms map one to one (backends key row-level security on the tenant id
 //! alone): a realm has one static tenant, a pattern host resolves to the static tenant owning
 //! the realm it derives and is refused when it derives a static tenant's id with another
-//! realm, and all patterns share one realm template.
+//! realm, all patterns share one realm template, and no two patterns match one host.
 //!
 //! Everything is compiled once by [`TenantTable::build`]; a lookup costs O(1) hash probes plus a
 //! pass over the host bytes, independent of the number of tenants, and allocates nothing on the
@@ -852,6 +852,8 @@ impl TenantTable {
         let mut regexes = Vec::new();
         // (config index, template) of the first pattern: every pattern must use the same.
         let mut first_template: Option<(usize, String)> = None;
+        // Host languages of the patterns that parsed, for the overlap check.
+        let mut shapes: Vec<(usize, HostShape)> = Vec::with_capacity(patterns.len());
         for (i, def) in patterns.into_iter().enumerate() {
             let (realm, upstream) = match &def {
                 HostPatternDef::Wildcard {
@@ -896,6 +898,7 @@ impl TenantTable {
                     Ok(suffix) => match wildcards.entry(suffix.clone().into_bytes().into()) {
                         Entry::Vacant(v) => {
                             v.insert((position, i));
+                            shapes.push((i, HostShape::Wildcard(suffix)));
                         }
                         Entry::Occupied(o) => errors.push(BuildError::new(
                             format!("host_patterns[{i}].pattern"),
@@ -913,12 +916,14 @@ impl TenantTable {
                     Ok(r) => {
                         pattern.regex = Some(r);
                         regexes.push(position);
+                        shapes.push((i, HostShape::Regex(regex.clone())));
                     }
                 },
             }
             compiled.push(pattern);
         }
 
+        check_overlaps(&shapes, &mut errors);
         if let Some((_, template)) = &first_template {
             check_derived_ids(template, &static_tenants, &by_id, &mut errors);
         }
@@ -1154,6 +1159,183 @@ fn check_derived_ids(
             )
         };
         errors.push(error);
+    }
+}
+
+/// The hosts one pattern can match, for the overlap check.
+enum HostShape {
+    /// `{tenant}.suffix` (normalised suffix).
+    Wildcard(String),
+    /// The configured regex source (anchored when compiled).
+    Regex(String),
+}
+
+/// No two patterns may match one host: otherwise which tenant (and realm) a host names would
+/// depend on the lookup order, and two patterns could derive different ids for one host.
+/// Wildcards with distinct suffixes never overlap (the first label is the whole difference),
+/// so only pairs with a regex are checked, by searching their product automaton for a common
+/// well-formed host.
+fn check_overlaps(shapes: &[(usize, HostShape)], errors: &mut Vec<BuildError>) {
+    if !shapes.iter().any(|(_, s)| matches!(s, HostShape::Regex(_))) {
+        return;
+    }
+    let Ok(valid_host) = overlap::Language::valid_host() else {
+        errors.push(BuildError::new(
+            "host_patterns",
+            "internal error: the host automaton does not build",
+        ));
+        return;
+    };
+    let mut langs = Vec::with_capacity(shapes.len());
+    for (i, shape) in shapes {
+        let built = match shape {
+            HostShape::Wildcard(suffix) => overlap::Language::wildcard(suffix),
+            HostShape::Regex(source) => overlap::Language::regex(source),
+        };
+        match built {
+            Ok(l) => langs.push((*i, shape, l)),
+            Err(m) => errors.push(BuildError::new(
+                format!("host_patterns[{i}]"),
+                format!("cannot be checked against the other host patterns: {m}"),
+            )),
+        }
+    }
+    for (b, (j, shape_j, lang_j)) in langs.iter().enumerate() {
+        for (i, shape_i, lang_i) in langs.iter().take(b) {
+            if matches!(
+                (shape_i, shape_j),
+                (HostShape::Wildcard(_), HostShape::Wildcard(_))
+            ) {
+                continue;
+            }
+            match overlap::common_host(lang_i, lang_j, &valid_host) {
+                Ok(None) => {}
+                Ok(Some(host)) => errors.push(BuildError::new(
+                    format!("host_patterns[{j}]"),
+                    format!(
+                        "matches the same hosts as host_patterns[{i}] (e.g. {host:?}); host patterns must not overlap"
+                    ),
+                )),
+                Err(m) => errors.push(BuildError::new(
+                    format!("host_patterns[{j}]"),
+                    format!("cannot be proven disjoint from host_patterns[{i}]: {m}"),
+                )),
+            }
+        }
+    }
+}
+
+/// Host patterns as deterministic automata over the bytes of a normalised host.
+mod overlap {
+    use std::collections::HashSet;
+
+    use regex_automata::dfa::{dense, Automaton, StartKind};
+    use regex_automata::util::primitives::StateID;
+    use regex_automata::util::{start, syntax};
+    use regex_automata::{Anchored, MatchKind};
+
+    /// Every byte a normalised host can contain (names, IPv4 and bracketed IPv6 literals).
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-.[]:";
+    const DNS_LABEL: &str = "[a-z0-9](?:[a-z0-9-]*[a-z0-9])?";
+    /// Bounds on one automaton and on the product search: a config file is trusted, but a
+    /// pathological regex must end in a clear error, not a stalled load.
+    const SIZE_LIMIT: usize = 8 << 20;
+    const MAX_PRODUCT_STATES: usize = 500_000;
+
+    pub(super) struct Language(dense::DFA<Vec<u32>>);
+
+    impl Language {
+        fn build(pattern: &str) -> Result<Self, String> {
+            let anchored = format!(r"\A(?:{pattern})\z");
+            let mut b = dense::Builder::new();
+            b.configure(
+                dense::Config::new()
+                    // Every match, not leftmost-first: the automaton must accept exactly the
+                    // pattern's language.
+                    .match_kind(MatchKind::All)
+                    .start_kind(StartKind::Anchored)
+                    .unicode_word_boundary(true)
+                    .dfa_size_limit(Some(SIZE_LIMIT))
+                    .determinize_size_limit(Some(SIZE_LIMIT)),
+            );
+            // ASCII semantics first: on ASCII hosts they agree with the Unicode semantics the
+            // request path uses, and the automata are far smaller. Unicode-only syntax
+            // (`\p{L}`) falls back to the full semantics.
+            b.syntax(syntax::Config::new().unicode(false).utf8(false));
+            match b.build(&anchored) {
+                Ok(d) => Ok(Language(d)),
+                Err(_) => {
+                    b.syntax(syntax::Config::new());
+                    b.build(&anchored).map(Language).map_err(|e| e.to_string())
+                }
+            }
+        }
+
+        /// `{tenant}.suffix`: a DNS label, then the suffix.
+        pub(super) fn wildcard(suffix: &str) -> Result<Self, String> {
+            Self::build(&format!(r"{DNS_LABEL}\.{}", regex::escape(suffix)))
+        }
+
+        pub(super) fn regex(source: &str) -> Result<Self, String> {
+            Self::build(source)
+        }
+
+        /// Well-formed normalised hosts, so that overlaps only on impossible hosts (`a..b`)
+        /// are not reported.
+        pub(super) fn valid_host() -> Result<Self, String> {
+            Self::build(&format!(r"{DNS_LABEL}(?:\.{DNS_LABEL})*|\[[0-9a-f:.]+\]"))
+        }
+    }
+
+    /// A shortest host that all three automata accept, found breadth-first over their product.
+    pub(super) fn common_host(
+        a: &Language,
+        b: &Language,
+        valid: &Language,
+    ) -> Result<Option<String>, String> {
+        let dfas = [&a.0, &b.0, &valid.0];
+        let cfg = start::Config::new().anchored(Anchored::Yes);
+        let mut first = [StateID::ZERO; 3];
+        for (slot, d) in first.iter_mut().zip(dfas) {
+            *slot = d.start_state(&cfg).map_err(|e| e.to_string())?;
+        }
+        // (states, parent node, byte that led here); BFS order is the vector order.
+        let mut nodes: Vec<([StateID; 3], usize, u8)> = vec![(first, 0, 0)];
+        let mut seen: HashSet<[StateID; 3]> = HashSet::from([first]);
+        let mut next_node = 0;
+        while let Some(&(states, _, _)) = nodes.get(next_node) {
+            let accepts = dfas
+                .iter()
+                .zip(states)
+                .all(|(d, s)| d.is_match_state(d.next_eoi_state(s)));
+            if accepts {
+                let mut host = Vec::new();
+                let mut at = next_node;
+                while at != 0 {
+                    let (_, parent, byte) = nodes[at];
+                    host.push(byte);
+                    at = parent;
+                }
+                host.reverse();
+                return Ok(Some(String::from_utf8_lossy(&host).into_owned()));
+            }
+            for &byte in ALPHABET {
+                let mut next = states;
+                let mut alive = true;
+                for (slot, d) in next.iter_mut().zip(dfas) {
+                    *slot = d.next_state(*slot, byte);
+                    alive &= !(d.is_dead_state(*slot) || d.is_quit_state(*slot));
+                }
+                if alive && seen.insert(next) {
+                    if nodes.len() >= MAX_PRODUCT_STATES {
+                        return Err("the patterns are too complex to compare".to_string());
+                    }
+                    nodes.push((next, next_node, byte));
+                }
+            }
+            next_node += 1;
+        }
+        Ok(None)
     }
 }
 
@@ -1781,6 +1963,58 @@ mod tests {
         assert_eq!(derived_label("tenant-{tenant}", "qa-default"), None);
         assert_eq!(derived_label("tenant-{tenant}", "tenant-Acme"), None);
         assert_eq!(derived_label("tenant-{tenant}", "tenant-a.b"), None);
+    }
+
+    #[test]
+    fn overlapping_patterns_are_refused() {
+        // (patterns, expected error)
+        let cases: Vec<(Vec<HostPatternDef>, &str)> = vec![
+            (
+                vec![
+                    regex(r"(?P<tenant>[a-z0-9-]+)\.example\.org", "r-{tenant}"),
+                    regex(r"(?P<tenant>[a-z0-9-]+)\.example\.(org|com)", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a.example.org"); host patterns must not overlap"#,
+            ),
+            (
+                vec![
+                    wildcard("{tenant}.qa.example.com", "r-{tenant}"),
+                    regex(r"(?P<tenant>[a-z]+)-x\.qa\.example\.com", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a-x.qa.example.com"); host patterns must not overlap"#,
+            ),
+            (
+                vec![
+                    regex(r"(?P<tenant>.+)", "r-{tenant}"),
+                    wildcard("{tenant}.qa.example.com", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a.qa.example.com"); host patterns must not overlap"#,
+            ),
+            (
+                vec![
+                    regex(r"(?i)(?P<tenant>[A-Z]+)\.EU\.x\.org", "r-{tenant}"),
+                    regex(r"(?P<tenant>\w+)\.eu\.x\.org", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a.eu.x.org"); host patterns must not overlap"#,
+            ),
+        ];
+        for (patterns, want) in cases {
+            assert_eq!(build_errors(vec![], patterns), [want]);
+        }
+        // Disjoint patterns (and Unicode-only syntax) are fine.
+        assert!(TenantTable::build(
+            vec![],
+            vec![
+                wildcard("{tenant}.qa.example.com", "r-{tenant}"),
+                wildcard("{tenant}.a.qa.example.com", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z]+)\.eu\.x\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z]+)\.us\.x\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>\p{Ll}+)\.u\.x\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z]+)\.\.x\.org", "r-{tenant}"),
+            ],
+            4,
+        )
+        .is_ok());
     }
 
     fn build_errors(tenants: Vec<TenantDef>, patterns: Vec<HostPatternDef>) -> Vec<String> {

@@ -423,3 +423,16 @@ fn check_output_masks_credentials_in_urls() {
         assert_eq!(config::mask_url(url), want);
     }
 }
+
+#[test]
+fn overlapping_host_patterns_are_refused() {
+    let yaml = format!(
+        "{BASE}host_patterns:\n  - {{pattern: \"{{tenant}}.qa.example.com\", realm: \"tenant-{{tenant}}\"}}\n  - {{regex: \"(?P<tenant>[a-z]+)-eu\\\\.qa\\\\.example\\\\.com\", realm: \"tenant-{{tenant}}\"}}\n"
+    );
+    assert_error(
+        &yaml,
+        "host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. \"a-eu.qa.example.com\")",
+    );
+    let disjoint = yaml.replace("-eu\\\\.qa", "\\\\.eu");
+    config::from_str(&disjoint, &HashMap::new()).unwrap();
+}
