@@ -45,12 +45,12 @@ fn table(n: usize) -> TenantTable {
         },
         HostPatternDef::Wildcard {
             pattern: "{tenant}.apps.example.net".into(),
-            realm: "apps-{tenant}".into(),
+            realm: "tenant-{tenant}".into(),
             upstream: Some("apps-pool".into()),
         },
         HostPatternDef::Regex {
             regex: r"(?P<tenant>[a-z0-9-]+)\.eu\.example\.org".into(),
-            realm: "eu-{tenant}".into(),
+            realm: "tenant-{tenant}".into(),
             upstream: None,
         },
     ];

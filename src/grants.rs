@@ -150,6 +150,14 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Makes aws-lc-rs the process-wide rustls provider, which the redis crate's `rediss://`
+/// connections use: with both aws-lc-rs and ring in the dependency tree rustls cannot choose
+/// one itself and would panic at the first TLS connect. Pingora and reqwest pass their
+/// providers explicitly, so they are unaffected. A provider installed earlier is kept.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Settings that cannot work; reported at config load, never on the request path.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -856,6 +864,9 @@ impl Link {
                 field: "key_prefix",
                 reason: "must not contain whitespace or control characters",
             });
+        }
+        if s.url.starts_with("rediss://") {
+            install_tls_provider();
         }
         // The URL may carry a password: report the kind of problem, not the URL.
         let client = redis::Client::open(s.url.as_str())

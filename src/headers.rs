@@ -78,6 +78,48 @@ pub struct HeaderNames<'a> {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Request headers that carry credentials, routing, client addresses or message framing
+/// (folded). realmgate writes its identity and claim headers over whatever the client sent,
+/// so a configured name from this list would let a token claim (or the tenant id) replace the
+/// `Host`, the credentials, the forwarding chain or the body length the backend sees.
+const PROTOCOL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "via",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "content-length",
+    "content-type",
+    "content-encoding",
+];
+
+/// The folded protocol header a configured name would collide with, if any (compared like
+/// client headers: case folded, `_` as `-`).
+pub fn protocol_header(name: &str) -> Option<&'static str> {
+    let folded = fold_name(name);
+    PROTOCOL_HEADERS.iter().copied().find(|p| *p == folded)
+}
+
 /// Checks a configured header name.
 pub fn parse_header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes())
@@ -335,6 +377,22 @@ mod tests {
             "X-Users",
         ] {
             assert!(!p.is_owned(name), "{name} must be kept");
+        }
+    }
+
+    #[test]
+    fn protocol_headers_are_recognised_in_any_spelling() {
+        for name in [
+            "Authorization",
+            "HOST",
+            "x_forwarded_for",
+            "Transfer-Encoding",
+            "Cookie",
+        ] {
+            assert!(protocol_header(name).is_some(), "{name}");
+        }
+        for name in ["X-Tenant-ID", "X-Department", "Hosts", "X-Forwarded"] {
+            assert_eq!(protocol_header(name), None, "{name}");
         }
     }
 

@@ -96,6 +96,9 @@ fn main() -> ExitCode {
         Command::Check { config } => match load_config(&config) {
             Ok(cfg) => {
                 println!("{}", cfg.summary());
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -38,6 +38,7 @@ impl Shared {
     /// Builds the shared state; the returned refresher must run as a background service (it
     /// does every JWKS fetch, on its own runtime).
     pub fn new(config: RuntimeConfig) -> Result<(Arc<Self>, JwksRefresher), String> {
+        config.log_warnings();
         let (keys, refresher) = key_store(config.jwks.clone(), config.static_realms.clone());
         let verifier = Verifier::new(keys.clone(), config.verify.clone());
         let grants = GrantStore::new(config.grants.clone()).map_err(|e| format!("redis: {e}"))?;
@@ -98,6 +99,7 @@ impl Shared {
                 Some(_) => {}
             }
         }
+        new.log_warnings();
         crate::metrics::metrics()
             .tenants
             .set_cap(new.raw.metrics.tenant_label_cap);

@@ -12,6 +12,11 @@
 //!    `a.b.qa.example.com` never matches `{tenant}.qa.example.com`;
 //! 3. regex patterns (anchored, config order) with a named group `tenant`.
 //!
+//! Tenant ids and realms map one to one (backends key row-level security on the tenant id
+//! alone): a realm has one static tenant, a pattern host resolves to the static tenant owning
+//! the realm it derives and is refused when it derives a static tenant's id with another
+//! realm, all patterns share one realm template, and no two patterns match one host.
+//!
 //! Everything is compiled once by [`TenantTable::build`]; a lookup costs O(1) hash probes plus a
 //! pass over the host bytes, independent of the number of tenants, and allocates nothing on the
 //! exact and cached-pattern paths.
@@ -470,7 +475,7 @@ pub struct TenantDef {
     pub id: String,
     pub realm: String,
     /// Exact hosts (subdomains and custom domains); may be empty for a tenant that is only
-    /// reached through a pattern whose derived id equals this id.
+    /// reached through a pattern that derives this tenant's realm.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// Defaults to `active`: listing a tenant is the intent to serve it.
@@ -723,6 +728,9 @@ pub struct TenantTable {
     /// Static tenants in configuration order.
     tenants: Vec<Arc<Tenant>>,
     by_id: AHashMap<Box<str>, Arc<Tenant>>,
+    /// Static tenants by realm (one tenant per realm, checked at build): a pattern whose realm
+    /// is a static tenant's resolves to that tenant.
+    by_realm: AHashMap<Box<str>, Arc<Tenant>>,
     /// Byte keys: the request path works on bytes and never re-checks UTF-8.
     exact: AHashMap<Box<[u8]>, Arc<Tenant>>,
     /// Wildcard suffix -> position in `patterns`.
@@ -767,7 +775,8 @@ impl TenantTable {
         let mut exact: AHashMap<Box<[u8]>, (String, Arc<Tenant>)> =
             AHashMap::with_capacity_and_hasher(host_total, ahash::RandomState::new());
         let mut static_realms: Vec<Arc<str>> = Vec::new();
-        let mut seen_realms: AHashMap<Arc<str>, ()> = AHashMap::default();
+        let mut by_realm: AHashMap<Box<str>, (usize, Arc<Tenant>)> =
+            AHashMap::with_capacity_and_hasher(tenants.len(), ahash::RandomState::new());
 
         for (i, def) in tenants.into_iter().enumerate() {
             if let Err(m) = validate_tenant_id(&def.id) {
@@ -800,8 +809,22 @@ impl TenantTable {
                     v.insert((i, tenant.clone()));
                 }
             }
-            if seen_realms.insert(realm.clone(), ()).is_none() {
-                static_realms.push(realm);
+            // One realm, one tenant: with two, a token of the realm would open both tenants,
+            // and the backend would see two X-Tenant-IDs for one set of users.
+            match by_realm.entry(Box::from(&*realm)) {
+                Entry::Occupied(o) => errors.push(BuildError::new(
+                    format!("tenants[{i}].realm"),
+                    format!(
+                        "realm {:?} already belongs to tenants[{}] ({:?}); a realm serves exactly one tenant",
+                        o.key(),
+                        o.get().0,
+                        &*o.get().1.id
+                    ),
+                )),
+                Entry::Vacant(v) => {
+                    v.insert((i, tenant.clone()));
+                    static_realms.push(realm);
+                }
             }
             for (j, host) in def.hosts.iter().enumerate() {
                 let path = format!("tenants[{i}].hosts[{j}]");
@@ -827,6 +850,10 @@ impl TenantTable {
         let mut compiled = Vec::with_capacity(patterns.len());
         let mut wildcards: AHashMap<Box<[u8]>, (usize, usize)> = AHashMap::default();
         let mut regexes = Vec::new();
+        // (config index, template) of the first pattern: every pattern must use the same.
+        let mut first_template: Option<(usize, String)> = None;
+        // Host languages of the patterns that parsed, for the overlap check.
+        let mut shapes: Vec<(usize, HostShape)> = Vec::with_capacity(patterns.len());
         for (i, def) in patterns.into_iter().enumerate() {
             let (realm, upstream) = match &def {
                 HostPatternDef::Wildcard {
@@ -838,6 +865,20 @@ impl TenantTable {
             };
             if let Err(m) = validate_realm_template(realm) {
                 errors.push(BuildError::new(format!("host_patterns[{i}].realm"), m));
+            }
+            // Every pattern turns a host label into the tenant id, so two templates would give
+            // one X-Tenant-ID two realms (`{tenant}.eu...` -> eu-x and `{tenant}.us...` -> us-x
+            // are both tenant x to a backend that keys row-level security on the header).
+            match &first_template {
+                _ if validate_realm_template(realm).is_err() => {}
+                None => first_template = Some((i, realm.clone())),
+                Some((f, t)) if t != realm => errors.push(BuildError::new(
+                    format!("host_patterns[{i}].realm"),
+                    format!(
+                        "realm template {realm:?} differs from host_patterns[{f}]'s {t:?}; patterns derive the tenant id from the host label, so every pattern must map an id to the same realm"
+                    ),
+                )),
+                Some(_) => {}
             }
             if let Err(m) = validate_upstream(upstream.as_deref()) {
                 errors.push(BuildError::new(format!("host_patterns[{i}].upstream"), m));
@@ -855,6 +896,10 @@ impl TenantTable {
                         errors.push(BuildError::new(format!("host_patterns[{i}].pattern"), m));
                     }
                     Ok(suffix) => match wildcards.entry(suffix.clone().into_bytes().into()) {
+                        Entry::Vacant(v) => {
+                            v.insert((position, i));
+                            shapes.push((i, HostShape::Wildcard(suffix)));
+                        }
                         Entry::Occupied(o) => errors.push(BuildError::new(
                             format!("host_patterns[{i}].pattern"),
                             format!(
@@ -862,9 +907,6 @@ impl TenantTable {
                                 o.get().1
                             ),
                         )),
-                        Entry::Vacant(v) => {
-                            v.insert((position, i));
-                        }
                     },
                 },
                 HostPatternDef::Regex { regex, .. } => match compile_regex(regex) {
@@ -874,10 +916,16 @@ impl TenantTable {
                     Ok(r) => {
                         pattern.regex = Some(r);
                         regexes.push(position);
+                        shapes.push((i, HostShape::Regex(regex.clone())));
                     }
                 },
             }
             compiled.push(pattern);
+        }
+
+        check_overlaps(&shapes, &mut errors);
+        if let Some((_, template)) = &first_template {
+            check_derived_ids(template, &static_tenants, &by_id, &mut errors);
         }
 
         if !errors.is_empty() {
@@ -887,6 +935,7 @@ impl TenantTable {
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
             tenants: static_tenants,
             by_id: by_id.into_iter().map(|(k, (_, t))| (k, t)).collect(),
+            by_realm: by_realm.into_iter().map(|(k, (_, t))| (k, t)).collect(),
             exact: exact.into_iter().map(|(k, (_, t))| (k, t)).collect(),
             wildcards: wildcards.into_iter().map(|(k, (p, _))| (k, p)).collect(),
             regexes,
@@ -899,10 +948,12 @@ impl TenantTable {
     /// Resolves an already normalised host (see [`normalize_host`]); a non-normalised host
     /// simply fails to match. Exact hosts win over wildcards, wildcards over regexes.
     ///
-    /// A pattern hit yields a dynamic tenant (id = label, realm = the template with `{tenant}`
-    /// substituted, status active, the pattern's upstream) — unless the label equals a static
-    /// tenant id, in which case that static tenant is returned, so its status, realm and
-    /// upstream apply (a suspended tenant stays suspended under every host).
+    /// A pattern hit derives (id = label, realm = the template with `{tenant}` substituted).
+    /// If a static tenant owns that realm, that static tenant is returned, so its id, status
+    /// and upstream apply (a suspended tenant stays suspended under every host). Otherwise, if
+    /// a static tenant owns the id (with another realm), the host is refused: one id never
+    /// names two realms. Otherwise it is a dynamic tenant (status active, the pattern's
+    /// upstream).
     pub fn resolve(&self, host: &str) -> Result<Arc<Tenant>, TenantError> {
         self.resolve_bytes(host.as_bytes())
     }
@@ -974,20 +1025,25 @@ impl TenantTable {
         }
         let label_str = std::str::from_utf8(label).ok()?;
         let pattern = self.patterns.get(position)?;
-        let tenant = match self.by_id.get(label_str) {
-            Some(t) => t.clone(),
-            None => Arc::new(Tenant::new(
+        let realm = pattern
+            .realm_template
+            .replace(TENANT_PLACEHOLDER, label_str);
+        let tenant = if let Some(t) = self.by_realm.get(realm.as_str()) {
+            t.clone()
+        } else if self.by_id.contains_key(label_str) {
+            // The id is a static tenant's, with another realm: not cached, so a reload that
+            // fixes the conflict needs nothing else.
+            return None;
+        } else {
+            Arc::new(Tenant::new(
                 label_str.into(),
-                pattern
-                    .realm_template
-                    .replace(TENANT_PLACEHOLDER, label_str)
-                    .into(),
+                realm.into(),
                 TenantStatus::Active,
                 pattern.upstream.clone(),
                 TenantSource::Pattern {
                     index: pattern.index,
                 },
-            )),
+            ))
         };
         self.dynamic.insert(
             DynKey {
@@ -1040,6 +1096,246 @@ impl TenantTable {
                 Err(_) => run(&mut fresh()),
             })
             .unwrap_or_else(|_| run(&mut fresh()))
+    }
+}
+
+/// The label a realm template turns into `realm`, if one exists: the tenant id a host
+/// pattern derives for that realm.
+fn derived_label<'r>(template: &str, realm: &'r str) -> Option<&'r str> {
+    let k = template.matches(TENANT_PLACEHOLDER).count();
+    if k == 0 {
+        return None;
+    }
+    let fixed = template.len() - k * TENANT_PLACEHOLDER.len();
+    let extra = realm.len().checked_sub(fixed)?;
+    if extra == 0 || extra % k != 0 {
+        return None;
+    }
+    let start = template.find(TENANT_PLACEHOLDER)?;
+    let label = realm.get(start..start + extra / k)?;
+    (is_dns_label(label.as_bytes()) && template.replace(TENANT_PLACEHOLDER, label) == realm)
+        .then_some(label)
+}
+
+/// A static tenant's realm may be one a host pattern derives, for label `x`; then `x` must
+/// not be another static tenant's id, or the host `x.suffix` would name one tenant by realm
+/// and another by id. Reported on the later of the two tenants, so a run-time tenant (merged
+/// after the file's) is the one refused.
+fn check_derived_ids(
+    template: &str,
+    tenants: &[Arc<Tenant>],
+    by_id: &AHashMap<Box<str>, (usize, Arc<Tenant>)>,
+    errors: &mut Vec<BuildError>,
+) {
+    for (i, t) in tenants.iter().enumerate() {
+        let Some(label) = derived_label(template, &t.realm) else {
+            continue;
+        };
+        if label == &*t.id {
+            continue;
+        }
+        let Some((j, other)) = by_id.get(label) else {
+            continue;
+        };
+        let (j, other) = (*j, other);
+        if other.realm == t.realm {
+            continue;
+        }
+        let error = if j > i {
+            BuildError::new(
+                format!("tenants[{j}].id"),
+                format!(
+                    "{label:?} is the tenant id host patterns derive (template {template:?}) for realm {:?} of tenants[{i}] ({:?}), but this tenant's realm is {:?}; a tenant id must name one realm",
+                    &*t.realm, &*t.id, &*other.realm
+                ),
+            )
+        } else {
+            BuildError::new(
+                format!("tenants[{i}].realm"),
+                format!(
+                    "host patterns derive tenant id {label:?} from realm {:?} (template {template:?}), and {label:?} is the id of tenants[{j}] with realm {:?}; a tenant id must name one realm",
+                    &*t.realm, &*other.realm
+                ),
+            )
+        };
+        errors.push(error);
+    }
+}
+
+/// The hosts one pattern can match, for the overlap check.
+enum HostShape {
+    /// `{tenant}.suffix` (normalised suffix).
+    Wildcard(String),
+    /// The configured regex source (anchored when compiled).
+    Regex(String),
+}
+
+/// No two patterns may match one host: otherwise which tenant (and realm) a host names would
+/// depend on the lookup order, and two patterns could derive different ids for one host.
+/// Wildcards with distinct suffixes never overlap (the first label is the whole difference),
+/// so only pairs with a regex are checked, by searching their product automaton for a common
+/// well-formed host.
+fn check_overlaps(shapes: &[(usize, HostShape)], errors: &mut Vec<BuildError>) {
+    if !shapes.iter().any(|(_, s)| matches!(s, HostShape::Regex(_))) {
+        return;
+    }
+    let Ok(valid_host) = overlap::Language::valid_host() else {
+        errors.push(BuildError::new(
+            "host_patterns",
+            "internal error: the host automaton does not build",
+        ));
+        return;
+    };
+    let mut langs = Vec::with_capacity(shapes.len());
+    for (i, shape) in shapes {
+        let built = match shape {
+            HostShape::Wildcard(suffix) => overlap::Language::wildcard(suffix),
+            HostShape::Regex(source) => overlap::Language::regex(source),
+        };
+        match built {
+            Ok(l) => langs.push((*i, shape, l)),
+            Err(m) => errors.push(BuildError::new(
+                format!("host_patterns[{i}]"),
+                format!("cannot be checked against the other host patterns: {m}"),
+            )),
+        }
+    }
+    for (b, (j, shape_j, lang_j)) in langs.iter().enumerate() {
+        for (i, shape_i, lang_i) in langs.iter().take(b) {
+            if matches!(
+                (shape_i, shape_j),
+                (HostShape::Wildcard(_), HostShape::Wildcard(_))
+            ) {
+                continue;
+            }
+            match overlap::common_host(lang_i, lang_j, &valid_host) {
+                Ok(None) => {}
+                Ok(Some(host)) => errors.push(BuildError::new(
+                    format!("host_patterns[{j}]"),
+                    format!(
+                        "matches the same hosts as host_patterns[{i}] (e.g. {host:?}); host patterns must not overlap"
+                    ),
+                )),
+                Err(m) => errors.push(BuildError::new(
+                    format!("host_patterns[{j}]"),
+                    format!("cannot be proven disjoint from host_patterns[{i}]: {m}"),
+                )),
+            }
+        }
+    }
+}
+
+/// Host patterns as deterministic automata over the bytes of a normalised host.
+mod overlap {
+    use std::collections::HashSet;
+
+    use regex_automata::dfa::{dense, Automaton, StartKind};
+    use regex_automata::util::primitives::StateID;
+    use regex_automata::util::{start, syntax};
+    use regex_automata::{Anchored, MatchKind};
+
+    /// Every byte a normalised host can contain (names, IPv4 and bracketed IPv6 literals).
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-.[]:";
+    const DNS_LABEL: &str = "[a-z0-9](?:[a-z0-9-]*[a-z0-9])?";
+    /// Bounds on one automaton and on the product search: a config file is trusted, but a
+    /// pathological regex must end in a clear error, not a stalled load.
+    const SIZE_LIMIT: usize = 8 << 20;
+    const MAX_PRODUCT_STATES: usize = 500_000;
+
+    pub(super) struct Language(dense::DFA<Vec<u32>>);
+
+    impl Language {
+        fn build(pattern: &str) -> Result<Self, String> {
+            let anchored = format!(r"\A(?:{pattern})\z");
+            let mut b = dense::Builder::new();
+            b.configure(
+                dense::Config::new()
+                    // Every match, not leftmost-first: the automaton must accept exactly the
+                    // pattern's language.
+                    .match_kind(MatchKind::All)
+                    .start_kind(StartKind::Anchored)
+                    .unicode_word_boundary(true)
+                    .dfa_size_limit(Some(SIZE_LIMIT))
+                    .determinize_size_limit(Some(SIZE_LIMIT)),
+            );
+            // ASCII semantics first: on ASCII hosts they agree with the Unicode semantics the
+            // request path uses, and the automata are far smaller. Unicode-only syntax
+            // (`\p{L}`) falls back to the full semantics.
+            b.syntax(syntax::Config::new().unicode(false).utf8(false));
+            match b.build(&anchored) {
+                Ok(d) => Ok(Language(d)),
+                Err(_) => {
+                    b.syntax(syntax::Config::new());
+                    b.build(&anchored).map(Language).map_err(|e| e.to_string())
+                }
+            }
+        }
+
+        /// `{tenant}.suffix`: a DNS label, then the suffix.
+        pub(super) fn wildcard(suffix: &str) -> Result<Self, String> {
+            Self::build(&format!(r"{DNS_LABEL}\.{}", regex::escape(suffix)))
+        }
+
+        pub(super) fn regex(source: &str) -> Result<Self, String> {
+            Self::build(source)
+        }
+
+        /// Well-formed normalised hosts, so that overlaps only on impossible hosts (`a..b`)
+        /// are not reported.
+        pub(super) fn valid_host() -> Result<Self, String> {
+            Self::build(&format!(r"{DNS_LABEL}(?:\.{DNS_LABEL})*|\[[0-9a-f:.]+\]"))
+        }
+    }
+
+    /// A shortest host that all three automata accept, found breadth-first over their product.
+    pub(super) fn common_host(
+        a: &Language,
+        b: &Language,
+        valid: &Language,
+    ) -> Result<Option<String>, String> {
+        let dfas = [&a.0, &b.0, &valid.0];
+        let cfg = start::Config::new().anchored(Anchored::Yes);
+        let mut first = [StateID::ZERO; 3];
+        for (slot, d) in first.iter_mut().zip(dfas) {
+            *slot = d.start_state(&cfg).map_err(|e| e.to_string())?;
+        }
+        // (states, parent node, byte that led here); BFS order is the vector order.
+        let mut nodes: Vec<([StateID; 3], usize, u8)> = vec![(first, 0, 0)];
+        let mut seen: HashSet<[StateID; 3]> = HashSet::from([first]);
+        let mut next_node = 0;
+        while let Some(&(states, _, _)) = nodes.get(next_node) {
+            let accepts = dfas
+                .iter()
+                .zip(states)
+                .all(|(d, s)| d.is_match_state(d.next_eoi_state(s)));
+            if accepts {
+                let mut host = Vec::new();
+                let mut at = next_node;
+                while at != 0 {
+                    let (_, parent, byte) = nodes[at];
+                    host.push(byte);
+                    at = parent;
+                }
+                host.reverse();
+                return Ok(Some(String::from_utf8_lossy(&host).into_owned()));
+            }
+            for &byte in ALPHABET {
+                let mut next = states;
+                let mut alive = true;
+                for (slot, d) in next.iter_mut().zip(dfas) {
+                    *slot = d.next_state(*slot, byte);
+                    alive &= !(d.is_dead_state(*slot) || d.is_quit_state(*slot));
+                }
+                if alive && seen.insert(next) {
+                    if nodes.len() >= MAX_PRODUCT_STATES {
+                        return Err("the patterns are too complex to compare".to_string());
+                    }
+                    nodes.push((next, next_node, byte));
+                }
+            }
+            next_node += 1;
+        }
+        Ok(None)
     }
 }
 
@@ -1293,6 +1589,9 @@ mod tests {
             &["acme.qa.example.com", "App.AcmeCorp.com."],
         );
         with_upstream.upstream = Some("acme-backend".into());
+        // Its id differs from the id patterns derive from its realm ("umbrella-corp").
+        let mut alias = tenant("umbrella", "tenant-umbrella-corp", &[]);
+        alias.status = TenantStatus::Suspended;
         TenantTable::build(
             vec![
                 tenant("default", "qa-default", &["qa.example.com"]),
@@ -1300,6 +1599,7 @@ mod tests {
                 suspended,
                 pending,
                 tenant("ipv6", "tenant-ipv6", &["[::1]", "127.0.0.1"]),
+                alias,
             ],
             vec![
                 HostPatternDef::Wildcard {
@@ -1307,15 +1607,18 @@ mod tests {
                     realm: "tenant-{tenant}".into(),
                     upstream: Some("qa-pool".into()),
                 },
-                wildcard("{tenant}.Apps.Example.NET.", "apps-{tenant}"),
-                regex(r"(?P<tenant>[a-z0-9-]+)\.eu\.example\.org", "eu-{tenant}"),
+                wildcard("{tenant}.Apps.Example.NET.", "tenant-{tenant}"),
+                regex(
+                    r"(?P<tenant>[a-z0-9-]+)\.eu\.example\.org",
+                    "tenant-{tenant}",
+                ),
                 regex(
                     r"(?P<tenant>[a-z0-9.-]+)\.any\.example\.org",
-                    "any-{tenant}",
+                    "tenant-{tenant}",
                 ),
                 regex(
                     r"(?P<tenant>[a-z0-9-]+)-shop\.example\.org",
-                    "shop-{tenant}",
+                    "tenant-{tenant}",
                 ),
             ],
             DEFAULT_DYNAMIC_CACHE_CAPACITY,
@@ -1360,24 +1663,35 @@ mod tests {
                 "Beta.QA.example.com.:80",
                 Ok(("beta", "tenant-beta", pat(0), Some("qa-pool"))),
             ),
-            ("x1.apps.example.net", Ok(("x1", "apps-x1", pat(1), None))),
-            // pattern-derived id equal to a static id -> the static tenant
+            ("x1.apps.example.net", Ok(("x1", "tenant-x1", pat(1), None))),
+            // pattern-derived realm owned by a static tenant -> that static tenant
             (
                 "initech.qa.example.com",
                 Ok(("initech", "tenant-initech", st(3), None)),
             ),
             (
-                "default.apps.example.net",
-                Ok(("default", "qa-default", st(0), None)),
+                "umbrella-corp.qa.example.com",
+                Ok(("umbrella", "tenant-umbrella-corp", st(5), None)),
             ),
-            ("zeta.eu.example.org", Ok(("zeta", "eu-zeta", pat(2), None))),
+            (
+                "umbrella-corp.eu.example.org",
+                Ok(("umbrella", "tenant-umbrella-corp", st(5), None)),
+            ),
+            // pattern-derived id owned by a static tenant with another realm -> refused
+            ("default.apps.example.net", Err("unknown_host")),
+            ("umbrella.qa.example.com", Err("unknown_host")),
+            ("umbrella.eu.example.org", Err("unknown_host")),
+            (
+                "zeta.eu.example.org",
+                Ok(("zeta", "tenant-zeta", pat(2), None)),
+            ),
             (
                 "acme.eu.example.org",
                 Ok(("acme", "tenant-acme", st(1), Some("acme-backend"))),
             ),
             (
                 "foo-shop.example.org",
-                Ok(("foo", "shop-foo", pat(4), None)),
+                Ok(("foo", "tenant-foo", pat(4), None)),
             ),
             ("[::1]:8080", Ok(("ipv6", "tenant-ipv6", st(4), None))),
             ("[0:0::1]", Ok(("ipv6", "tenant-ipv6", st(4), None))),
@@ -1424,6 +1738,11 @@ mod tests {
         let static_t = t.tenant_by_id("initech").unwrap();
         assert!(Arc::ptr_eq(&via_pattern, static_t));
         assert!(!via_pattern.is_serving());
+        // A suspended tenant whose id is not its realm's derived id stays suspended when
+        // reached through a pattern: it is never a fresh active tenant on the same realm.
+        let alias = t.resolve("umbrella-corp.qa.example.com").unwrap();
+        assert!(Arc::ptr_eq(&alias, t.tenant_by_id("umbrella").unwrap()));
+        assert_eq!(alias.status, TenantStatus::Suspended);
     }
 
     #[test]
@@ -1497,7 +1816,8 @@ mod tests {
                 ("acme", true),
                 ("globex", false),
                 ("initech", false),
-                ("ipv6", true)
+                ("ipv6", true),
+                ("umbrella", false)
             ]
         );
         let globex = t.resolve("globex.qa.example.com").unwrap();
@@ -1519,7 +1839,7 @@ mod tests {
         let t = sample_table();
         assert_eq!(t.host_count(), 6);
         assert_eq!(t.pattern_count(), 5);
-        assert_eq!(t.tenants().count(), 5);
+        assert_eq!(t.tenants().count(), 6);
         let realms: Vec<&str> = t.static_realms().collect();
         assert_eq!(
             realms,
@@ -1528,23 +1848,173 @@ mod tests {
                 "tenant-acme",
                 "tenant-globex",
                 "tenant-initech",
-                "tenant-ipv6"
+                "tenant-ipv6",
+                "tenant-umbrella-corp"
             ]
         );
-        let shared = TenantTable::build(
+    }
+
+    #[test]
+    fn a_realm_belongs_to_one_tenant() {
+        let errors = build_errors(
             vec![
                 tenant("a", "shared", &[]),
                 tenant("b", "shared", &[]),
                 tenant("c", "other", &[]),
             ],
             vec![],
-            1,
+        );
+        assert_eq!(
+            errors,
+            [
+                r#"tenants[1].realm: realm "shared" already belongs to tenants[0] ("a"); a realm serves exactly one tenant"#
+            ]
+        );
+    }
+
+    #[test]
+    fn patterns_share_one_realm_template() {
+        let errors = build_errors(
+            vec![],
+            vec![
+                wildcard("{tenant}.eu.example.com", "eu-{tenant}"),
+                wildcard("{tenant}.us.example.com", "us-{tenant}"),
+                wildcard("{tenant}.asia.example.com", "eu-{tenant}"),
+            ],
+        );
+        assert_eq!(
+            errors,
+            [
+                r#"host_patterns[1].realm: realm template "us-{tenant}" differs from host_patterns[0]'s "eu-{tenant}"; patterns derive the tenant id from the host label, so every pattern must map an id to the same realm"#
+            ]
+        );
+    }
+
+    #[test]
+    fn a_static_id_must_not_be_another_realms_derived_id() {
+        let pattern = || vec![wildcard("{tenant}.qa.example.com", "tenant-{tenant}")];
+        // The id holder comes second: it is the one named.
+        let errors = build_errors(
+            vec![
+                tenant("hooli", "tenant-pied", &[]),
+                tenant("pied", "pied-realm", &[]),
+            ],
+            pattern(),
+        );
+        assert_eq!(
+            errors,
+            [
+                r#"tenants[1].id: "pied" is the tenant id host patterns derive (template "tenant-{tenant}") for realm "tenant-pied" of tenants[0] ("hooli"), but this tenant's realm is "pied-realm"; a tenant id must name one realm"#
+            ]
+        );
+        // The realm holder comes second.
+        let errors = build_errors(
+            vec![
+                tenant("pied", "pied-realm", &[]),
+                tenant("hooli", "tenant-pied", &[]),
+            ],
+            pattern(),
+        );
+        assert_eq!(
+            errors,
+            [
+                r#"tenants[1].realm: host patterns derive tenant id "pied" from realm "tenant-pied" (template "tenant-{tenant}"), and "pied" is the id of tenants[0] with realm "pied-realm"; a tenant id must name one realm"#
+            ]
+        );
+        // Without patterns no id is derived, and a realm that no template produces is free.
+        assert!(TenantTable::build(
+            vec![
+                tenant("hooli", "tenant-pied", &[]),
+                tenant("pied", "pied-realm", &[]),
+            ],
+            vec![],
+            4
+        )
+        .is_ok());
+        let t = TenantTable::build(
+            vec![
+                tenant("hooli", "tenant-pied", &[]),
+                tenant("piper", "tenant-pied-piper", &[]),
+            ],
+            pattern(),
+            4,
         )
         .unwrap();
+        // Each host names exactly one (id, realm) pair.
+        let id = |h: &str| t.resolve(h).map(|t| t.id.to_string());
+        assert_eq!(id("pied.qa.example.com").as_deref(), Ok("hooli"));
+        assert_eq!(id("pied-piper.qa.example.com").as_deref(), Ok("piper"));
+        assert_eq!(id("hooli.qa.example.com"), Err(TenantError::UnknownHost));
+        assert_eq!(id("piper.qa.example.com"), Err(TenantError::UnknownHost));
+        assert_eq!(id("other.qa.example.com").as_deref(), Ok("other"));
+    }
+
+    #[test]
+    fn derived_labels_invert_templates() {
         assert_eq!(
-            shared.static_realms().collect::<Vec<_>>(),
-            ["shared", "other"]
+            derived_label("tenant-{tenant}", "tenant-acme"),
+            Some("acme")
         );
+        assert_eq!(derived_label("{tenant}", "acme"), Some("acme"));
+        assert_eq!(derived_label("r-{tenant}-x", "r-a-b-x"), Some("a-b"));
+        assert_eq!(derived_label("{tenant}-{tenant}", "ab-ab"), Some("ab"));
+        assert_eq!(derived_label("{tenant}-{tenant}", "ab-ac"), None);
+        assert_eq!(derived_label("tenant-{tenant}", "tenant-"), None);
+        assert_eq!(derived_label("tenant-{tenant}", "qa-default"), None);
+        assert_eq!(derived_label("tenant-{tenant}", "tenant-Acme"), None);
+        assert_eq!(derived_label("tenant-{tenant}", "tenant-a.b"), None);
+    }
+
+    #[test]
+    fn overlapping_patterns_are_refused() {
+        // (patterns, expected error)
+        let cases: Vec<(Vec<HostPatternDef>, &str)> = vec![
+            (
+                vec![
+                    regex(r"(?P<tenant>[a-z0-9-]+)\.example\.org", "r-{tenant}"),
+                    regex(r"(?P<tenant>[a-z0-9-]+)\.example\.(org|com)", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a.example.org"); host patterns must not overlap"#,
+            ),
+            (
+                vec![
+                    wildcard("{tenant}.qa.example.com", "r-{tenant}"),
+                    regex(r"(?P<tenant>[a-z]+)-x\.qa\.example\.com", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a-x.qa.example.com"); host patterns must not overlap"#,
+            ),
+            (
+                vec![
+                    regex(r"(?P<tenant>.+)", "r-{tenant}"),
+                    wildcard("{tenant}.qa.example.com", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a.qa.example.com"); host patterns must not overlap"#,
+            ),
+            (
+                vec![
+                    regex(r"(?i)(?P<tenant>[A-Z]+)\.EU\.x\.org", "r-{tenant}"),
+                    regex(r"(?P<tenant>\w+)\.eu\.x\.org", "r-{tenant}"),
+                ],
+                r#"host_patterns[1]: matches the same hosts as host_patterns[0] (e.g. "a.eu.x.org"); host patterns must not overlap"#,
+            ),
+        ];
+        for (patterns, want) in cases {
+            assert_eq!(build_errors(vec![], patterns), [want]);
+        }
+        // Disjoint patterns (and Unicode-only syntax) are fine.
+        assert!(TenantTable::build(
+            vec![],
+            vec![
+                wildcard("{tenant}.qa.example.com", "r-{tenant}"),
+                wildcard("{tenant}.a.qa.example.com", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z]+)\.eu\.x\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z]+)\.us\.x\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>\p{Ll}+)\.u\.x\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z]+)\.\.x\.org", "r-{tenant}"),
+            ],
+            4,
+        )
+        .is_ok());
     }
 
     fn build_errors(tenants: Vec<TenantDef>, patterns: Vec<HostPatternDef>) -> Vec<String> {
@@ -1580,12 +2050,12 @@ mod tests {
             vec![
                 wildcard("{tenant}.qa.example.com", "tenant-{tenant}"),
                 wildcard("{tenant}.QA.example.com.", "tenant-{tenant}"),
-                wildcard("app-{tenant}.example.com", "t-{tenant}"),
-                wildcard("{tenant}.{tenant}.example.com", "t-{tenant}"),
+                wildcard("app-{tenant}.example.com", "tenant-{tenant}"),
+                wildcard("{tenant}.{tenant}.example.com", "tenant-{tenant}"),
                 wildcard("*.example.com", "fixed"),
-                wildcard("{tenant}", "t-{tenant}"),
-                wildcard("{tenant}.10.0.0.1", "t-{tenant}"),
-                regex(r"(?P<slug>[a-z]+)\.x\.com", "t-{tenant}"),
+                wildcard("{tenant}", "tenant-{tenant}"),
+                wildcard("{tenant}.10.0.0.1", "tenant-{tenant}"),
+                regex(r"(?P<slug>[a-z]+)\.x\.com", "tenant-{tenant}"),
                 regex(r"(?P<tenant>[a-z+\.x\.com", "t {tenant}"),
                 regex(
                     r"(?P<tenant>[a-z]+)\.y\.com",
@@ -1679,30 +2149,30 @@ mod tests {
     }
 
     #[test]
-    fn regex_is_anchored_and_first_match_wins() {
+    fn regex_is_anchored() {
         let t = TenantTable::build(
             vec![],
             vec![
-                regex(r"(?P<tenant>[a-z0-9-]+)\.example\.org", "a-{tenant}"),
-                regex(r"(?P<tenant>[a-z0-9-]+)\.example\.(org|com)", "b-{tenant}"),
-                regex(r"(x)?(?P<tenant>[a-z]+)?\.opt\.io", "c-{tenant}"),
+                regex(r"(?P<tenant>[a-z0-9-]+)\.example\.org", "r-{tenant}"),
+                regex(r"(?P<tenant>[a-z0-9-]+)\.example\.com", "r-{tenant}"),
+                regex(r"(x)?(?P<tenant>[a-z]+)?\.opt\.io", "r-{tenant}"),
             ],
             16,
         )
         .unwrap();
-        assert_eq!(&*t.resolve("foo.example.org").unwrap().realm, "a-foo");
-        assert_eq!(&*t.resolve("foo.example.com").unwrap().realm, "b-foo");
+        assert_eq!(&*t.resolve("foo.example.org").unwrap().realm, "r-foo");
+        assert_eq!(&*t.resolve("bar.example.com").unwrap().realm, "r-bar");
         // anchored: no match inside a longer host
         assert!(t.resolve("foo.example.org.evil.com").is_err());
         assert!(t.resolve("evil.foo.example.org").is_err());
         // non-participating optional group -> no tenant
         assert!(t.resolve("x.opt.io").is_err());
-        assert_eq!(&*t.resolve("bar.opt.io").unwrap().realm, "c-bar");
+        assert_eq!(&*t.resolve("bar.opt.io").unwrap().realm, "r-bar");
         // Another table on the same thread swaps the per-thread scratch space safely.
         let other = TenantTable::build(vec![], vec![regex(r"(?P<tenant>[a-z]+)", "o-{tenant}")], 4)
             .unwrap();
         assert_eq!(&*other.resolve("single").unwrap().realm, "o-single");
-        assert_eq!(&*t.resolve("foo.example.org").unwrap().realm, "a-foo");
+        assert_eq!(&*t.resolve("foo.example.org").unwrap().realm, "r-foo");
     }
 
     #[test]

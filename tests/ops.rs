@@ -25,7 +25,7 @@ upstream: {{default: "{{UPSTREAM}}", read_timeout: 10s}}
 keycloak: {{base_url: "{base}", audiences: [qa-platform-backend], require_keys_for_ready: false}}
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
-  - {{id: shadowco, realm: tenant-acme, hosts: [shadow.qa.example.com], enforce: false}}
+  - {{id: shadowco, realm: tenant-shadow, hosts: [shadow.qa.example.com], enforce: false}}
 {extra_tenant}
 roles: {{tenant_admin: ["users.*.tenant"], viewer: ["users.read.own"]}}
 routes:
@@ -278,7 +278,7 @@ async fn reload_under_load_loses_nothing_and_invalid_reload_keeps_serving() {
     let v2 = render(
         &template(
             &kc.base(),
-            "  - {id: globex, realm: tenant-acme, hosts: [globex.qa.example.com]}",
+            "  - {id: globex, realm: tenant-globex, hosts: [globex.qa.example.com]}",
         ),
         proxy,
         admin,
@@ -396,6 +396,10 @@ async fn shadow_mode_passes_and_counts() {
         403,
         "enforced tenant"
     );
+    // The shadow tenant has its own realm (a realm serves one tenant).
+    let mut c = claims(&kc.base(), "tenant-shadow", "v", &["viewer"]);
+    c["sub"] = json!("v-shadow");
+    let t = key.sign(&c);
     assert_eq!(
         delete_user(&gw, "shadow.qa.example.com", &t).await,
         200,
@@ -496,6 +500,7 @@ async fn acme_gateway() -> (MockKeycloak, SigningKey, Upstream, Gateway) {
     let kc = MockKeycloak::start().await;
     let key = SigningKey::rsa("acme-1");
     kc.set_keys("tenant-acme", &[&key]);
+    kc.set_keys("tenant-shadow", &[&key]);
     let up = Upstream::start().await;
     let gw = Gateway::start(&template(&kc.base(), ""), up.addr);
     (kc, key, up, gw)
@@ -514,4 +519,45 @@ async fn delete_user(gw: &Gateway, host: &str, token: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// `realmgate check` prints the summary without the Redis password, and warns about settings
+/// that switch a protection off.
+#[test]
+fn check_masks_credentials_and_prints_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("realmgate.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listen: {proxy: "127.0.0.1:18080", admin: "127.0.0.1:19090"}
+upstream: {default: "127.0.0.1:8000"}
+keycloak: {base_url: "http://keycloak:8080", audiences: [qa-platform-backend]}
+tenants:
+  - {id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}
+paths: {double_encoding: allow}
+redis: {url: "redis://admin:s3cret-pw@redis.internal:6379/2"}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("s3cret-pw") && !stderr.contains("s3cret-pw"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains("redis: redis://***@redis.internal:6379/2"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: paths.double_encoding: allow"),
+        "{stderr}"
+    );
 }

@@ -377,3 +377,80 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
     assert_eq!(body["uri"], "/metrics");
     assert_eq!(up.count(), before + 1);
 }
+
+/// Double-encoded escapes and escapes that are not shortest-form UTF-8 are refused with
+/// `invalid_path` before anything reaches the upstream; `paths.double_encoding: allow` lets a
+/// literal `%25xx` through, unchanged.
+#[tokio::test]
+async fn double_encoding_and_invalid_utf8_escapes_are_refused() {
+    let (up, gw) = setup().await;
+    for path in [
+        "/admin%252F..",
+        "/public/%252e%252e/admin",
+        "/a%25%32%46b",
+        "/a%C0%AFb",
+        "/a%E0%80%AF",
+        "/a%80",
+        "/a%C3",
+        "/a%ED%A0%80",
+    ] {
+        let raw = format!(
+            "GET {path} HTTP/1.1\r\nHost: acme.qa.example.com\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw_request(gw.proxy, raw.as_bytes()).await;
+        assert_eq!(status_of(&resp), 400, "{path}: {resp}");
+        assert_eq!(json_body(&resp)["error"], "invalid_path", "{path}");
+    }
+    assert_eq!(up.count(), 0, "nothing may reach the upstream");
+
+    let up = Upstream::start().await;
+    let lenient = CONFIG.replace(
+        "logging: {access_log: false}",
+        "paths: {double_encoding: allow}\nlogging: {access_log: false}",
+    );
+    let gw = Gateway::start(&lenient, up.addr);
+    let resp = raw_request(
+        gw.proxy,
+        b"GET /files/a%252Fb HTTP/1.1\r\nHost: acme.qa.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(up.last().uri, "/files/a%252Fb");
+    let resp = raw_request(
+        gw.proxy,
+        b"GET /a%C0%AF HTTP/1.1\r\nHost: acme.qa.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 400, "UTF-8 is checked either way: {resp}");
+}
+
+/// A host pattern never turns a tenant into another one: a suspended tenant whose id differs
+/// from the id its realm derives stays suspended when reached through the pattern (it used to
+/// come back as a fresh, active tenant on the same realm), and a pattern host whose derived
+/// id belongs to a tenant of another realm is refused.
+#[tokio::test]
+async fn host_patterns_resolve_to_the_tenant_owning_the_realm() {
+    let up = Upstream::start().await;
+    let config = CONFIG.replace(
+        "host_patterns:",
+        "  - {id: umbrella, realm: tenant-umbrella-corp, status: suspended}\nhost_patterns:",
+    );
+    let gw = Gateway::start(&config, up.addr);
+    let r = get(&gw, "umbrella-corp.qa.example.com", "/api/v1/users").await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "tenant_suspended");
+    // "umbrella" and "default" are tenants of other realms than tenant-umbrella and
+    // tenant-default: the pattern must not mint a second tenant with their ids.
+    for host in ["umbrella.qa.example.com", "default.qa.example.com"] {
+        let r = get(&gw, host, "/api/v1/users").await;
+        assert_eq!(r.status(), 404, "{host}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_host", "{host}");
+    }
+    assert_eq!(up.count(), 0, "nothing may reach the upstream");
+    // A realm that only the pattern knows is still a dynamic tenant.
+    let r = get(&gw, "beta.qa.example.com", "/x").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("x-tenant-id"), Some("beta"));
+}

@@ -69,6 +69,8 @@ upstream: {{default: "{{UPSTREAM}}"}}
 keycloak: {{base_url: "http://127.0.0.1:9", audiences: [qa-platform-backend], require_keys_for_ready: false}}
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
+host_patterns:
+  - {{pattern: "{{tenant}}.dyn.example.com", realm: "tenant-{{tenant}}"}}
 routes:
   - {{path: "/public/**", public: true}}
 redis: {{url: "redis://127.0.0.1:6379", channel: "{channel}", tenants_key: "{key}"}}
@@ -97,6 +99,21 @@ logging: {{access_log: false}}
         "acme",
         r#"{"id":"acme","realm":"tenant-evil","hosts":["evil.example.com"]}"#,
     ]);
+    // A realm serves one tenant: a run-time tenant on the file tenant's realm is refused
+    // (the others still load).
+    redis_cli(&[
+        "HSET",
+        &key,
+        "copycat",
+        r#"{"id":"copycat","realm":"tenant-acme","hosts":["copycat.example.com"]}"#,
+    ]);
+    // Its realm is the one the pattern derives for "pied": pied.dyn.example.com is hooli.
+    redis_cli(&[
+        "HSET",
+        &key,
+        "hooli",
+        r#"{"id":"hooli","realm":"tenant-pied","hosts":[]}"#,
+    ]);
     redis_cli(&["PUBLISH", &channel, "tenants"]);
     let took = eventually(&gw, "initech.example.com", 200).await;
     assert!(took < Duration::from_secs(1));
@@ -106,6 +123,14 @@ logging: {{access_log: false}}
     assert_eq!(status(&gw, "evil.example.com").await, 404);
     assert_eq!(status(&gw, "acme.qa.example.com").await, 200);
     assert_eq!(up.last().header("x-realm"), Some("tenant-acme"));
+    assert_eq!(status(&gw, "copycat.example.com").await, 404);
+    assert_eq!(status(&gw, "pied.dyn.example.com").await, 200);
+    assert_eq!(up.last().header("x-tenant-id"), Some("hooli"));
+    assert_eq!(up.last().header("x-realm"), Some("tenant-pied"));
+    assert_eq!(status(&gw, "hooli.dyn.example.com").await, 404);
+    // Through the pattern, the run-time tenant is the same tenant, with its status.
+    assert_eq!(status(&gw, "initech.dyn.example.com").await, 200);
+    assert_eq!(up.last().header("x-tenant-id"), Some("initech"));
 
     // Suspension and removal go through the same path.
     redis_cli(&[
@@ -116,6 +141,7 @@ logging: {{access_log: false}}
     ]);
     redis_cli(&["PUBLISH", &channel, "tenants:initech"]);
     eventually(&gw, "initech.example.com", 403).await;
+    assert_eq!(status(&gw, "initech.dyn.example.com").await, 403);
     redis_cli(&["HDEL", &key, "initech"]);
     redis_cli(&["PUBLISH", &channel, "tenants"]);
     eventually(&gw, "initech.example.com", 404).await;

@@ -338,11 +338,23 @@ pub enum SlashesSection {
     Reject,
 }
 
+/// `paths.double_encoding`: an escaped `%` followed by two hex digits (`%252F`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DoubleEncodingSection {
+    /// 400 `invalid_path`: a backend that decodes twice would read `%252F` as `/`.
+    #[default]
+    Reject,
+    /// Forward as is, for backends that need a literal `%xx` and decode exactly once.
+    Allow,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathsSection {
     pub slashes: SlashesSection,
     pub case_sensitive: bool,
+    pub double_encoding: DoubleEncodingSection,
 }
 
 impl Default for PathsSection {
@@ -350,6 +362,7 @@ impl Default for PathsSection {
         Self {
             slashes: SlashesSection::Merge,
             case_sensitive: true,
+            double_encoding: DoubleEncodingSection::Reject,
         }
     }
 }

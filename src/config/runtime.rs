@@ -1,5 +1,6 @@
 //! The validated, compiled configuration the request path reads.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use ipnet::IpNet;
 use super::raw::{self, RawConfig};
 use super::ConfigError;
 use crate::assertion::{AssertionKey, AssertionSettings};
+use crate::authz::path::{DoubleEncoding, PathRules};
 use crate::authz::{
     Catalog, DefaultPolicy, MatchMode, RoleMap, RoleSource, RouteRule, RouteSpec, RouteTable,
     Scopes, SlashPolicy,
@@ -67,7 +69,12 @@ pub struct RuntimeConfig {
     /// Per static tenant: `false` = shadow mode.
     tenant_enforce: Vec<bool>,
     pub default_policy: DefaultPolicy,
-    pub slashes: SlashPolicy,
+    /// Every canonicalisation rule (`paths.slashes` and `paths.double_encoding`), passed
+    /// whole to `canonicalize`; the name predates the second rule and is kept for its callers.
+    pub slashes: PathRules,
+    /// Settings that are valid but weaken a default protection, for `realmgate check` and
+    /// the log (see [`RuntimeConfig::log_warnings`]).
+    pub warnings: Vec<String>,
     pub jwks: JwksSettings,
     pub verify: VerifySettings,
     pub grants: Option<GrantSettings>,
@@ -143,7 +150,7 @@ impl RuntimeConfig {
             raw.roles.len(),
             raw.scopes.join(" < "),
             self.default_upstream.name,
-            raw.redis.as_ref().map(|r| r.url.as_str()).unwrap_or("not configured"),
+            raw.redis.as_ref().map(|r| mask_url(&r.url)).unwrap_or(Cow::Borrowed("not configured")),
         );
         for t in &raw.tenants {
             out.push_str(&format!(
@@ -262,6 +269,8 @@ impl RuntimeConfig {
         }
 
         validate_keycloak(&raw.keycloak, &mut e);
+        validate_durations(&raw, &mut e);
+        validate_header_names(&raw, &mut e);
 
         let h = &raw.headers;
         let trusted: Vec<IpNet> = h
@@ -325,7 +334,7 @@ impl RuntimeConfig {
                     "redis.url",
                     format!(
                         "\"{}\" must start with redis://, rediss:// or unix://",
-                        r.url
+                        mask_url(&r.url)
                     ),
                 );
             }
@@ -409,6 +418,7 @@ impl RuntimeConfig {
             key_prefix: r.key_prefix.clone(),
             ..GrantSettings::default()
         });
+        let warnings = load_warnings(&raw);
         let mut static_realms: Vec<String> = raw.tenants.iter().map(|t| t.realm.clone()).collect();
         static_realms.sort();
         static_realms.dedup();
@@ -462,10 +472,17 @@ impl RuntimeConfig {
                         raw::DefaultPolicySection::Authenticated => DefaultPolicy::Authenticated,
                         raw::DefaultPolicySection::Allow => DefaultPolicy::Allow,
                     },
-                    slashes: match raw.paths.slashes {
-                        raw::SlashesSection::Merge => SlashPolicy::Merge,
-                        raw::SlashesSection::Reject => SlashPolicy::Reject,
+                    slashes: PathRules {
+                        slashes: match raw.paths.slashes {
+                            raw::SlashesSection::Merge => SlashPolicy::Merge,
+                            raw::SlashesSection::Reject => SlashPolicy::Reject,
+                        },
+                        double_encoding: match raw.paths.double_encoding {
+                            raw::DoubleEncodingSection::Reject => DoubleEncoding::Reject,
+                            raw::DoubleEncodingSection::Allow => DoubleEncoding::Allow,
+                        },
                     },
+                    warnings,
                     jwks,
                     verify,
                     grants,
@@ -477,6 +494,152 @@ impl RuntimeConfig {
             }
             _ => Err(ConfigError { errors: e.0 }),
         }
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Every duration in the schema with its upper bound. A bound keeps `Instant + d` and timer
+/// arithmetic far from overflow (a panic on the request path or in a background task) and
+/// catches typos such as `60d` for `60s`; the bounds are generous for each field's purpose.
+fn duration_bounds(raw: &RawConfig) -> Vec<(&'static str, Duration, Duration)> {
+    let (s, u, k) = (&raw.server, &raw.upstream, &raw.keycloak);
+    let mut v = vec![
+        ("server.grace_period", s.grace_period, HOUR),
+        (
+            "server.graceful_shutdown_timeout",
+            s.graceful_shutdown_timeout,
+            HOUR,
+        ),
+        ("upstream.connect_timeout", u.connect_timeout, 5 * MINUTE),
+        ("upstream.read_timeout", u.read_timeout, DAY),
+        ("upstream.write_timeout", u.write_timeout, DAY),
+        ("upstream.idle_timeout", u.idle_timeout, DAY),
+        // Every second of leeway accepts an expired token for one more second.
+        ("keycloak.leeway", k.leeway, 10 * MINUTE),
+        ("keycloak.jwks_refresh", k.jwks_refresh, DAY),
+        (
+            "keycloak.jwks_min_refetch_interval",
+            k.jwks_min_refetch_interval,
+            HOUR,
+        ),
+        ("keycloak.jwks_max_stale", k.jwks_max_stale, 30 * DAY),
+        ("keycloak.fetch_timeout", k.fetch_timeout, 5 * MINUTE),
+        // A request waits this long.
+        ("keycloak.refetch_wait", k.refetch_wait, MINUTE),
+        (
+            "keycloak.dynamic_realms.negative_ttl",
+            k.dynamic_realms.negative_ttl,
+            DAY,
+        ),
+        // Assertions are short-lived: within the ttl one could be replayed.
+        ("assertion.ttl", raw.assertion.ttl, HOUR),
+    ];
+    if let Some(r) = &raw.redis {
+        v.extend([
+            // A permission-cache miss waits this long.
+            ("redis.command_timeout", r.command_timeout, MINUTE),
+            // Revocation without a pub/sub message takes up to this long.
+            ("redis.cache_ttl", r.cache_ttl, DAY),
+            ("redis.degraded_ttl", r.degraded_ttl, DAY),
+        ]);
+    }
+    v
+}
+
+fn validate_durations(raw: &RawConfig, e: &mut Errors) {
+    for (field, value, max) in duration_bounds(raw) {
+        if value > max {
+            e.push(
+                field,
+                format!(
+                    "{} is too long (at most {})",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+    }
+}
+
+/// realmgate's own header names (identity, request id, assertion, claims) must be distinct
+/// from each other and from protocol headers: each is written over the client's value, so a
+/// claim named `X-Tenant-ID` would let a token choose its tenant for the backend, and one
+/// named `Host` or `Content-Length` would let it rewrite routing or framing.
+fn validate_header_names(raw: &RawConfig, e: &mut Errors) {
+    /// Refuses `name` for `field` if it is a protocol header or already taken.
+    fn check(e: &mut Errors, seen: &mut Vec<(String, String)>, field: String, name: &str) {
+        if let Some(p) = crate::headers::protocol_header(name) {
+            e.push(
+                &field,
+                format!(
+                    "\"{name}\" is a protocol header ({p}); realmgate must not write its own values into it"
+                ),
+            );
+            return;
+        }
+        let folded = crate::headers::fold_name(name);
+        match seen.iter().find(|(f, _)| *f == folded) {
+            Some((_, other)) => e.push(
+                &field,
+                format!(
+                    "\"{name}\" is already used by {other} (names are compared ignoring case and _ vs -)"
+                ),
+            ),
+            None => seen.push((folded, field)),
+        }
+    }
+    let h = &raw.headers;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for (field, name) in [
+        ("headers.tenant", &h.tenant),
+        ("headers.realm", &h.realm),
+        ("headers.user_id", &h.user_id),
+        ("headers.user_name", &h.user_name),
+        ("headers.user_email", &h.user_email),
+        ("headers.roles", &h.roles),
+        ("headers.scope", &h.scope),
+        ("headers.request_id", &h.request_id),
+        ("assertion.header", &raw.assertion.header),
+    ] {
+        check(e, &mut seen, field.to_string(), name);
+    }
+    // Stripped from every request whatever `assertion.header` says.
+    let builtin = crate::headers::fold_name("X-Identity-Assertion");
+    if !seen.iter().any(|(f, _)| *f == builtin) {
+        seen.push((builtin, "the built-in assertion header".to_string()));
+    }
+    for (claim, name) in &h.claims {
+        check(e, &mut seen, format!("headers.claims.{claim}"), name);
+    }
+}
+
+/// Valid settings that switch off a default protection: printed by `realmgate check` and
+/// logged when a config with them is installed.
+fn load_warnings(raw: &RawConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    if raw.paths.double_encoding == raw::DoubleEncodingSection::Allow {
+        w.push(
+            "paths.double_encoding: allow forwards %25 followed by two hex digits (%252F); safe \
+             only if the backend and everything in front of it decode the path exactly once"
+                .to_string(),
+        );
+    }
+    w
+}
+
+impl RuntimeConfig {
+    /// Logs the warnings that the previously installed config did not already have, so a
+    /// switch turned on by a reload is reported once, not again at every tenant sync.
+    pub fn log_warnings(&self) {
+        static LAST: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+        let mut last = LAST.lock();
+        for w in self.warnings.iter().filter(|w| !last.contains(w)) {
+            tracing::warn!("{w}");
+        }
+        last.clone_from(&self.warnings);
     }
 }
 
@@ -493,11 +656,6 @@ fn compile_assertion(a: &raw::AssertionSection, e: &mut Errors) -> Option<Assert
         e.push(
             "assertion.ttl",
             "must be a whole number of seconds, at least 1s",
-        );
-    } else if a.ttl > Duration::from_secs(3600) {
-        e.push(
-            "assertion.ttl",
-            "must be at most 1h (assertions are short-lived)",
         );
     }
     if a.issuer.trim().is_empty() {
@@ -713,11 +871,104 @@ fn validate_url(path: &str, s: &str, e: &mut Errors) {
             .unwrap_or(false)
         && !s.contains(char::is_whitespace);
     if !ok {
-        e.push(path, format!("\"{s}\" is not an http(s) URL"));
+        e.push(path, format!("\"{}\" is not an http(s) URL", mask_url(s)));
+    }
+}
+
+/// A URL for messages and summaries: userinfo (`user:password@`) and the values of
+/// password-like query parameters (`unix:///redis.sock?pass=...`) become `***`, because
+/// `realmgate check` output and logs are read by more people than the config.
+pub fn mask_url(url: &str) -> Cow<'_, str> {
+    let Some(scheme_end) = url.find("://") else {
+        return Cow::Borrowed(url);
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..rest_start]);
+    match rest[..authority_len].rfind('@') {
+        Some(at) => {
+            out.push_str("***");
+            out.push_str(&rest[at..authority_len]);
+        }
+        None => out.push_str(&rest[..authority_len]),
+    }
+    let tail = &rest[authority_len..];
+    let (before_query, query) = match tail.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (tail, None),
+    };
+    out.push_str(before_query);
+    if let Some(q) = query {
+        out.push('?');
+        for (i, pair) in q.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _))
+                    if ["pass", "password", "token", "secret"]
+                        .contains(&k.to_ascii_lowercase().as_str()) =>
+                {
+                    out.push_str(k);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    if out == url {
+        Cow::Borrowed(url)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+/// Issuers compared the cautious way: ASCII case and trailing slashes ignored.
+fn issuer_key(s: &str) -> String {
+    s.trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Two realms with one issuer would accept each other's tokens, and a token verified for one
+/// would be a verified-cache hit for the other (the cache checks the issuer). So an issuer
+/// override must differ from every other override and must not be another realm's default
+/// issuer `{base_url}/realms/{realm}`: any realm can appear later, through a host pattern or
+/// a run-time tenant.
+fn validate_issuers(k: &raw::KeycloakSection, e: &mut Errors) {
+    let realms_prefix = format!("{}/realms/", issuer_key(&k.base_url));
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for (realm, o) in &k.realms {
+        let Some(iss) = &o.issuer else { continue };
+        let key = issuer_key(iss);
+        let field = format!("keycloak.realms.{realm}.issuer");
+        let default_of = key
+            .strip_prefix(&realms_prefix)
+            .filter(|r| !r.is_empty() && !r.contains('/') && *r != realm.to_ascii_lowercase())
+            .and_then(|_| iss.trim_end_matches('/').get(realms_prefix.len()..));
+        if let Some(other) = default_of {
+            e.push(
+                field,
+                format!(
+                    "\"{}\" is the default issuer of realm \"{other}\"; realms must not share an issuer (their tokens and cached verifications would cross)",
+                    mask_url(iss)
+                ),
+            );
+        } else if let Some((_, prev)) = seen.iter().find(|(k2, _)| *k2 == key) {
+            e.push(
+                field,
+                format!(
+                    "\"{}\" is also the issuer of keycloak.realms.{prev}; realms must not share an issuer (their tokens and cached verifications would cross)",
+                    mask_url(iss)
+                ),
+            );
+        }
+        seen.push((key, realm));
     }
 }
 
 fn validate_keycloak(k: &raw::KeycloakSection, e: &mut Errors) {
+    validate_issuers(k, e);
     validate_url("keycloak.base_url", &k.base_url, e);
     if k.audiences.is_empty() {
         e.push(
