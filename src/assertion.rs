@@ -65,6 +65,8 @@ pub struct Assertion<'a> {
     /// The path and query exactly as forwarded upstream.
     pub path: &'a str,
     pub request_id: Option<&'a str>,
+    /// Set on a shadow-mode pass: the refusal enforcement would have given.
+    pub shadow: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,8 @@ struct Claims<'a> {
     path: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<&'a str>,
 }
 
 /// realmgate's assertion signing key. Chosen once at start (loaded or generated) and kept for
@@ -264,6 +268,7 @@ impl AssertionKey {
             method: a.method,
             path: a.path,
             request_id: a.request_id,
+            shadow: a.shadow,
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| AssertionError::Sign)?;
         // header . payload . signature (64-byte r||s -> 86 chars)
@@ -310,6 +315,7 @@ mod tests {
             method: "POST",
             path: "/api/v1/tickets?x=1",
             request_id: Some("rid-1"),
+            shadow: None,
         }
     }
 
@@ -354,6 +360,7 @@ mod tests {
         let a = Assertion {
             scope: None,
             request_id: None,
+            shadow: Some("forbidden"),
             ..sample(&roles)
         };
         let t1 = key.sign(&settings(), &a, unix_now()).unwrap();
@@ -362,6 +369,10 @@ mod tests {
         let c2 = verify(&key, t2.to_str().unwrap(), "backend").unwrap();
         assert_ne!(c1["jti"], c2["jti"]);
         assert!(c1.get("scope").is_none() && c1.get("request_id").is_none());
+        assert_eq!(
+            c1["shadow"], "forbidden",
+            "a shadow pass says so in the signed claims"
+        );
         assert_eq!(c1["roles"], json!([]));
     }
 

@@ -402,6 +402,7 @@ impl Trace for Narrative<'_> {
                 detail,
             } => {
                 let title = match stage {
+                    Stage::Request => "request",
                     Stage::Host => "host",
                     Stage::Tenant => "tenant",
                     Stage::Path => "path",

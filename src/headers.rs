@@ -55,6 +55,8 @@ pub struct HeaderPolicy {
     pub roles: HeaderName,
     pub scope: HeaderName,
     pub request_id: HeaderName,
+    /// Marks shadow-mode passes (value: the refusal enforcement would have given).
+    pub shadow: HeaderName,
     /// Verified claim -> upstream header.
     pub claims: Vec<(String, HeaderName)>,
     pub max_value_len: usize,
@@ -71,6 +73,7 @@ pub struct HeaderNames<'a> {
     pub roles: &'a str,
     pub scope: &'a str,
     pub request_id: &'a str,
+    pub shadow: &'a str,
     pub strip: &'a [String],
     pub strip_prefixes: &'a [String],
     pub claims: Vec<(String, String)>,
@@ -137,6 +140,7 @@ impl HeaderPolicy {
             n.user_email,
             n.roles,
             n.scope,
+            n.shadow,
         ];
         let mut owned: Vec<Box<[u8]>> = identity
             .iter()
@@ -169,6 +173,7 @@ impl HeaderPolicy {
             roles: h(n.roles)?,
             scope: h(n.scope)?,
             request_id: h(n.request_id)?,
+            shadow: h(n.shadow)?,
             claims,
             max_value_len: n.max_value_len,
             trusted_proxies: n.trusted_proxies,
@@ -196,6 +201,16 @@ impl HeaderPolicy {
             let _ = req.remove_header(name);
         }
         doomed.len()
+    }
+
+    /// Removes the credentials a request carried but did not verify: `Authorization` and the
+    /// token cookie (other cookies are kept byte for byte). A legacy backend that decodes
+    /// the JWT itself must only ever see a token the gateway checked.
+    pub fn strip_unverified_credentials(headers: &mut HeaderMap, token_cookie: Option<&str>) {
+        headers.remove(http::header::AUTHORIZATION);
+        if let Some(name) = token_cookie {
+            remove_cookie(headers, name);
+        }
     }
 
     /// Whether forwarding headers from this peer are believed.
@@ -325,6 +340,38 @@ pub fn new_request_id() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("invalid"))
 }
 
+/// Drops every `name=...` pair from the `Cookie` headers, keeping the others' bytes as sent
+/// (RFC 6265 5.4: pairs separated by `;`). Allocates only when the cookie is present.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let is_it = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| k.trim() == name);
+    let present = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(';').any(is_it)));
+    if !present {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            // A value that is not text cannot be split safely: drop it rather than forward
+            // a token inside it.
+            let s = v.to_str().ok()?;
+            let rest: Vec<&str> = s
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && !is_it(p))
+                .collect();
+            (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
+        })
+        .collect();
+    headers.remove(http::header::COOKIE);
+    for v in kept {
+        headers.append(http::header::COOKIE, v);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -340,6 +387,7 @@ mod tests {
             roles: "X-User-Roles",
             scope: "X-Auth-Scope",
             request_id: "X-Request-ID",
+            shadow: "X-Shadow-Pass",
             strip: &["X-Internal-Admin".to_string()],
             strip_prefixes: &["X-Auth-".to_string(), "X-User-".to_string()],
             claims: vec![("department".into(), "X-Department".into())],
@@ -478,5 +526,37 @@ mod tests {
         assert!(is_valid_request_id(id.as_bytes()));
         assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn only_the_token_cookie_is_removed() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_static("a=1; kc_token=eyJ.x.y; b=2"),
+        );
+        h.append("cookie", HeaderValue::from_static("kc_token=other"));
+        h.append("cookie", HeaderValue::from_static("c=3"));
+        remove_cookie(&mut h, "kc_token");
+        let left: Vec<&str> = h
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["a=1; b=2", "c=3"]);
+        let mut none = HeaderMap::new();
+        none.append("cookie", HeaderValue::from_static("kc_token_x=1; a=2"));
+        remove_cookie(&mut none, "kc_token");
+        assert_eq!(none["cookie"], "kc_token_x=1; a=2", "untouched when absent");
+    }
+
+    #[test]
+    fn unverified_credentials_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer junk"));
+        h.insert("cookie", HeaderValue::from_static("t=junk; keep=1"));
+        HeaderPolicy::strip_unverified_credentials(&mut h, Some("t"));
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["cookie"], "keep=1");
     }
 }

@@ -19,6 +19,7 @@ pub mod explain;
 pub mod grants;
 pub mod headers;
 pub mod jwks;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

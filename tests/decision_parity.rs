@@ -106,6 +106,9 @@ struct Tokens {
     forged: String,
     unknown_kid: String,
     alg_none: String,
+    /// Over keycloak.max_token_bytes, under limits.max_header_line_bytes.
+    large: String,
+    /// Over limits.max_header_line_bytes.
     huge: String,
 }
 
@@ -145,6 +148,7 @@ fn tokens(kc: &MockKeycloak, key: &SigningKey) -> Tokens {
             json!({"alg": "none", "typ": "JWT", "kid": "acme-1"}),
             &c("tenant-acme", &["admin"]),
         ),
+        large: with(&|v| v["pad"] = json!("x".repeat(13 * 1024))),
         huge: with(&|v| v["pad"] = json!("x".repeat(20 * 1024))),
     }
 }

@@ -43,6 +43,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub headers: HeadersSection,
     #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
     pub logging: LoggingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -425,6 +427,12 @@ pub struct HeadersSection {
     pub strip_prefixes: Vec<String>,
     /// More client headers to remove.
     pub strip: Vec<String>,
+    /// Headers that make frameworks run another method or path than the one authorised, or
+    /// claim a client address: removed from every request unless set to `[]`.
+    pub strip_overrides: Vec<String>,
+    /// Set on requests that shadow mode let through although enforcement would refuse them;
+    /// the value is the refusal's code. Owned: a client's copy is always removed.
+    pub shadow: String,
     /// Verified claim -> upstream header.
     pub claims: BTreeMap<String, String>,
     pub max_value_len: usize,
@@ -445,9 +453,55 @@ impl Default for HeadersSection {
             request_id: "X-Request-ID".into(),
             strip_prefixes: vec!["X-Auth-".into(), "X-User-".into()],
             strip: Vec::new(),
+            strip_overrides: DEFAULT_STRIP_OVERRIDES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            shadow: "X-Auth-Shadow".into(),
             claims: BTreeMap::new(),
             max_value_len: 1024,
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Method and path overrides that Express, Symfony, Laravel, Rails, IIS and Spring honour,
+/// and client-address headers that proxies and frameworks believe.
+pub const DEFAULT_STRIP_OVERRIDES: &[&str] = &[
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "X-Original-URL",
+    "X-Original-Method",
+    "X-Rewrite-URL",
+    "X-Real-IP",
+    "True-Client-IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+];
+
+/// Size bounds on what a client sends, checked before anything else is looked at.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// The request target (path and query), bytes; longer is 414.
+    pub max_uri_bytes: usize,
+    /// One header line (name + value), bytes; longer is 431.
+    pub max_header_line_bytes: usize,
+    /// All header lines together, bytes; more is 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8 * 1024,
+            // A 16 KiB token (keycloak.max_token_bytes) in `Authorization: Bearer` fits.
+            max_header_line_bytes: 20 * 1024,
+            max_header_bytes: 64 * 1024,
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::authz::{
 use crate::grants::GrantSettings;
 use crate::headers::{HeaderNames, HeaderPolicy};
 use crate::jwks::{Alg, JwksSettings, RealmOverride};
+use crate::limits::RequestLimits;
 use crate::tenant::{HostPatternDef, Tenant, TenantDef, TenantSource, TenantStatus, TenantTable};
 use crate::verify::VerifySettings;
 
@@ -75,6 +76,8 @@ pub struct RuntimeConfig {
     /// Settings that are valid but weaken a default protection, for `realmgate check` and
     /// the log (see [`RuntimeConfig::log_warnings`]).
     pub warnings: Vec<String>,
+    /// Size bounds on the request head.
+    pub limits: RequestLimits,
     pub jwks: JwksSettings,
     pub verify: VerifySettings,
     pub grants: Option<GrantSettings>,
@@ -294,12 +297,25 @@ impl RuntimeConfig {
         if h.max_value_len < 16 {
             e.push("headers.max_value_len", "must be at least 16");
         }
+        check_limits(&raw.limits, raw.keycloak.max_token_bytes, &mut e);
+        if crate::headers::parse_header_name(&h.shadow).is_err() {
+            e.push(
+                "headers.shadow",
+                format!("\"{}\" is not a valid header name", h.shadow),
+            );
+        }
+        for (i, name) in h.strip_overrides.iter().enumerate() {
+            if let Err(m) = crate::headers::parse_header_name(name) {
+                e.push(format!("headers.strip_overrides[{i}]"), m);
+            }
+        }
         let assertion = compile_assertion(&raw.assertion, &mut e);
         // The assertion header is always realmgate's: a configured name is stripped like the
         // default one, so a client can never inject an assertion.
         let strip: Vec<String> = h
             .strip
             .iter()
+            .chain(&h.strip_overrides)
             .chain(std::iter::once(&raw.assertion.header))
             .cloned()
             .collect();
@@ -312,6 +328,7 @@ impl RuntimeConfig {
             roles: &h.roles,
             scope: &h.scope,
             request_id: &h.request_id,
+            shadow: &h.shadow,
             strip: &strip,
             strip_prefixes: &h.strip_prefixes,
             claims: h
@@ -483,6 +500,11 @@ impl RuntimeConfig {
                         },
                     },
                     warnings,
+                    limits: RequestLimits {
+                        max_uri_bytes: raw.limits.max_uri_bytes,
+                        max_header_line_bytes: raw.limits.max_header_line_bytes,
+                        max_header_bytes: raw.limits.max_header_bytes,
+                    },
                     jwks,
                     verify,
                     grants,
@@ -627,6 +649,13 @@ fn load_warnings(raw: &RawConfig) -> Vec<String> {
                 .to_string(),
         );
     }
+    if raw.headers.strip_overrides.is_empty() {
+        w.push(
+            "headers.strip_overrides is empty: method/path override and client-address headers \
+             (X-HTTP-Method-Override, X-Original-URL, X-Real-IP, ...) reach the backend"
+                .to_string(),
+        );
+    }
     w
 }
 
@@ -640,6 +669,27 @@ impl RuntimeConfig {
             tracing::warn!("{w}");
         }
         last.clone_from(&self.warnings);
+    }
+}
+
+/// The request-size bounds must be sane and must leave room for the largest token accepted.
+fn check_limits(l: &raw::LimitsSection, max_token_bytes: usize, e: &mut Errors) {
+    if !(256..=1 << 20).contains(&l.max_uri_bytes) {
+        e.push("limits.max_uri_bytes", "must be between 256 and 1048576");
+    }
+    // `authorization: Bearer <token>\r\n`
+    let token_line = "authorization: Bearer ".len() + max_token_bytes + 2;
+    if l.max_header_line_bytes < token_line {
+        e.push(
+            "limits.max_header_line_bytes",
+            format!("must be at least {token_line} so a token of keycloak.max_token_bytes ({max_token_bytes}) fits"),
+        );
+    }
+    if l.max_header_bytes < l.max_header_line_bytes || l.max_header_bytes > 1 << 20 {
+        e.push(
+            "limits.max_header_bytes",
+            "must be at least limits.max_header_line_bytes and at most 1048576 (Pingora's own bound)",
+        );
     }
 }
 

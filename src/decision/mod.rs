@@ -2,11 +2,13 @@
 //!
 //! [`decide`] is the whole order, top to bottom, each step one call into a pure module:
 //!
+//! 0. size bounds on the request head (414/431 before anything is parsed further)
 //! 1. host -> tenant (exactly one host; unknown hosts refused)
 //! 2. tenant status (a suspended tenant is refused before anything else is looked at)
-//! 3. canonical path (what is matched is what is authorised is what is forwarded)
+//! 3. canonical method and path (what is matched is what is authorised is what is forwarded)
 //! 4. route (tenant rules, then global rules, then `default_policy`; shadow mode per rule)
-//! 5. credentials -> verified token of the tenant's own realm
+//! 5. credentials -> verified token of the tenant's own realm (shadow mode included: it
+//!    relaxes authorization, never authentication)
 //! 6. effective permission set (config roles, token claim, Redis grants; cached)
 //! 7. the route's permission against it
 //!
@@ -167,6 +169,11 @@ pub async fn decide<T: Trace>(
 ) -> Decision {
     let req = input.req;
 
+    // 0. size bounds
+    if let Err(r) = cfg.limits.check(req) {
+        return refused(trace, None, r, Stage::Request, Detail::None);
+    }
+
     // 1. host -> tenant
     let host = match request_host(req, input.is_h2) {
         Ok(h) => h,
@@ -190,7 +197,12 @@ pub async fn decide<T: Trace>(
         return refused(trace, Some(tenant), r, Stage::Tenant, Detail::None);
     }
 
-    // 3. canonical path
+    // 3. canonical method and path. Methods are case-sensitive (RFC 9110 9.1): `delete`
+    // is not DELETE to a method-scoped rule, but lenient frameworks run it as one.
+    if !is_canonical_method(&req.method) {
+        let r = refusal::bad_method();
+        return refused(trace, Some(tenant), r, Stage::Request, Detail::None);
+    }
     let target = origin_form(req.raw_path());
     let canon = match canonicalize(target, cfg.slashes) {
         Ok(c) => c,
@@ -240,14 +252,16 @@ pub async fn decide<T: Trace>(
             verdict: Verdict::Public,
         }),
     };
-    let requirement = match asked {
+    // In shadow mode an unrouted request still has to authenticate; its pass comes after.
+    let (requirement, unrouted) = match asked {
         Asked::Public => return done.with_tenant(tenant),
-        Asked::Denied => {
+        Asked::Denied if enforce => {
             let r = refusal::route_denied();
-            return done.deny(trace, tenant, r, Stage::Route, enforce);
+            return done.deny(trace, tenant, r, Stage::Route, true);
         }
-        Asked::Authenticated => None,
-        Asked::Permission(req) => Some(req),
+        Asked::Denied => (None, true),
+        Asked::Authenticated => (None, false),
+        Asked::Permission(req) => (Some(req), false),
     };
 
     // 5. credentials -> verified token of the host's own realm, nothing else
@@ -283,6 +297,10 @@ pub async fn decide<T: Trace>(
         identity: &identity,
     });
     done.identity = Some(identity.clone());
+    if unrouted {
+        let r = refusal::route_denied();
+        return done.deny(trace, tenant, r, Stage::Route, false);
+    }
 
     // 6 and 7. the route's permission against the caller's effective set
     let Some(requirement) = requirement else {
@@ -350,6 +368,11 @@ impl Decision {
         }
         self.with_tenant(tenant)
     }
+}
+
+/// Standard and extension methods are tokens; realmgate accepts them only in upper case.
+fn is_canonical_method(m: &http::Method) -> bool {
+    !m.as_str().bytes().any(|b| b.is_ascii_lowercase())
 }
 
 fn refused<T: Trace>(

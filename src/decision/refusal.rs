@@ -19,6 +19,14 @@ pub fn tenant_suspended() -> Rejection {
     Rejection::new(403, "tenant_suspended", "this tenant is not active")
 }
 
+pub fn bad_method() -> Rejection {
+    Rejection::new(
+        400,
+        "invalid_method",
+        "the request method must be written in upper case",
+    )
+}
+
 pub fn bad_path(e: &PathError) -> Rejection {
     Rejection::new(400, e.code(), "the request path is not acceptable")
 }

@@ -61,6 +61,8 @@ pub enum Asked<'a> {
 /// Where in the order a refusal happened (audit, logs, explain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The request's shape: size bounds, method spelling.
+    Request,
     Host,
     Tenant,
     Path,

@@ -23,7 +23,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::authz::ScopeId;
 use crate::config::RuntimeConfig;
 use crate::decision::{decide, Deps, Input, NoTrace, Outcome, RouteRef};
-use crate::headers::{is_valid_request_id, new_request_id};
+use crate::headers::{is_valid_request_id, new_request_id, HeaderPolicy};
 use crate::metrics::metrics;
 use crate::respond::Rejection;
 use crate::state::Shared;
@@ -66,6 +66,8 @@ pub struct RequestCtx {
     route: Option<RouteRef>,
     /// allow, deny, public, shadow_deny, ...
     decision: &'static str,
+    /// On a shadow pass: the refusal enforcement would have given (sent upstream as a mark).
+    shadow: Option<&'static str>,
     /// Set when the gateway answered instead of the upstream.
     rejected: Option<&'static str>,
     status: u16,
@@ -190,6 +192,9 @@ impl ProxyHttp for Gateway {
                 ctx.scope = f.scope;
                 ctx.forward_target = f.target;
                 ctx.decision = f.verdict.label();
+                if let crate::decision::Verdict::Shadow { would_be, .. } = &f.verdict {
+                    ctx.shadow = Some(would_be.code);
+                }
                 Ok(false)
             }
         }
@@ -311,6 +316,7 @@ impl ProxyHttp for Gateway {
                     method: parts.method.as_str(),
                     path: &path,
                     request_id: ctx.request_id_str(),
+                    shadow: ctx.shadow,
                 };
                 let token = key
                     .sign(a, &claims, crate::assertion::unix_now())
@@ -319,8 +325,18 @@ impl ProxyHttp for Gateway {
                     })?;
                 parts.headers.insert(a.header.clone(), token);
             }
+        } else {
+            // Public routes, `default_policy: allow`: nothing was verified, so nothing the
+            // client presented as a credential goes on.
+            HeaderPolicy::strip_unverified_credentials(
+                &mut parts.headers,
+                cfg.raw.keycloak.token_cookie.as_deref(),
+            );
         }
         let headers = &mut parts.headers;
+        if let Some(code) = ctx.shadow {
+            headers.insert(h.shadow.clone(), HeaderValue::from_static(code));
+        }
         if let Some(id) = &ctx.request_id {
             headers.insert(h.request_id.clone(), id.clone());
         }
