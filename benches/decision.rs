@@ -318,6 +318,9 @@ fn decision(c: &mut Criterion) {
         .now_or_never()
         .unwrap()
         .unwrap();
+    // The set compiled at warm-up lives `cache_ttl` (60 s): compile it again so the step
+    // below measures hits, not an expiry that a long run would reach.
+    rt.block_on(decide(&f)).expect("the decision allows");
     c.bench_function("decision_step_grants_hit", |b| {
         b.iter(|| {
             f.grants

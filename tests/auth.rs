@@ -275,10 +275,16 @@ async fn algorithm_attacks_are_refused() {
 #[tokio::test]
 async fn oversized_token_is_401_not_500() {
     let e = env().await;
-    let huge = format!("{}.{}.sig", "e".repeat(40 * 1024), "p".repeat(24 * 1024));
-    let (status, _, body) = call(&e.gw, "acme.qa.example.com", "/api/v1/me", Some(&huge)).await;
+    // Over keycloak.max_token_bytes (16 KiB), within limits.max_header_line_bytes (20 KiB).
+    let big = format!("{}.{}.sig", "e".repeat(10 * 1024), "p".repeat(8 * 1024));
+    let (status, _, body) = call(&e.gw, "acme.qa.example.com", "/api/v1/me", Some(&big)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "token_too_large");
+    // Past the header-line bound the head is refused before the token is looked at.
+    let huge = format!("{}.{}.sig", "e".repeat(40 * 1024), "p".repeat(24 * 1024));
+    let (status, _, body) = call(&e.gw, "acme.qa.example.com", "/api/v1/me", Some(&huge)).await;
+    assert_eq!(status, 431, "{body}");
+    assert_eq!(body["error"], "headers_too_large");
 }
 
 #[tokio::test]

@@ -536,14 +536,26 @@ impl ProxyHttp for Gateway {
             )
     }
 
+    /// What Pingora's error log says about a request. Pingora's own summary prints the whole
+    /// URI, and a query can carry a token (`?access_token=`), so only the path is named.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
-        format!(
-            "{} tenant={} request_id={}",
-            session.as_ref().request_summary(),
-            ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or("-"),
-            ctx.request_id_str().unwrap_or("-")
-        )
+        summary(session.req_header(), ctx)
     }
+}
+
+fn summary(req: &RequestHeader, ctx: &RequestCtx) -> String {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-");
+    format!(
+        "{} {} host={host} tenant={} request_id={}",
+        req.method,
+        req.uri.path(),
+        ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or("-"),
+        ctx.request_id_str().unwrap_or("-")
+    )
 }
 
 /// Status codes as static label values (no allocation per request).
@@ -575,5 +587,20 @@ fn status_label(code: u16) -> &'static str {
         c if c < 400 => "3xx",
         c if c < 500 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_log_summary_never_carries_the_query() {
+        let mut req =
+            RequestHeader::build("GET", b"/ws?access_token=eyJ.secret.sig", None).unwrap();
+        req.append_header("Host", "acme.test").unwrap();
+        let s = summary(&req, &RequestCtx::default());
+        assert_eq!(s, "GET /ws host=acme.test tenant=- request_id=-");
     }
 }
