@@ -295,7 +295,7 @@ fn decision(c: &mut Criterion) {
     let tenant = cfg.tenants.resolve_raw(f.host).unwrap();
     c.bench_function("decision_step_route", |b| {
         b.iter(|| {
-            let canon = canonicalize(black_box(f.target), cfg.slashes).unwrap();
+            let canon = canonicalize(black_box(f.target), cfg.paths).unwrap();
             match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &f.method, &canon)
                 .map(RouteRule::index)
         })

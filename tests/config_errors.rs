@@ -136,11 +136,11 @@ fn shipped_configs_are_valid() {
 fn double_encoding_switch_is_strict_by_default_and_warns_when_on() {
     use realmgate::authz::path::DoubleEncoding;
     let cfg = config::from_str(BASE, &HashMap::new()).unwrap();
-    assert_eq!(cfg.slashes.double_encoding, DoubleEncoding::Reject);
+    assert_eq!(cfg.paths.double_encoding, DoubleEncoding::Reject);
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     let on = format!("{BASE}paths: {{double_encoding: allow}}\n");
     let cfg = config::from_str(&on, &HashMap::new()).unwrap();
-    assert_eq!(cfg.slashes.double_encoding, DoubleEncoding::Allow);
+    assert_eq!(cfg.paths.double_encoding, DoubleEncoding::Allow);
     assert!(
         cfg.warnings
             .iter()

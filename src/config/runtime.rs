@@ -70,9 +70,9 @@ pub struct RuntimeConfig {
     /// Per static tenant: `false` = shadow mode.
     tenant_enforce: Vec<bool>,
     pub default_policy: DefaultPolicy,
-    /// Every canonicalisation rule (`paths.slashes` and `paths.double_encoding`), passed
-    /// whole to `canonicalize`; the name predates the second rule and is kept for its callers.
-    pub slashes: PathRules,
+    /// Every canonicalisation rule (`paths.slashes`, `paths.double_encoding`), passed whole
+    /// to `canonicalize`.
+    pub paths: PathRules,
     /// Settings that are valid but weaken a default protection, for `realmgate check` and
     /// the log (see [`RuntimeConfig::log_warnings`]).
     pub warnings: Vec<String>,
@@ -489,7 +489,7 @@ impl RuntimeConfig {
                         raw::DefaultPolicySection::Authenticated => DefaultPolicy::Authenticated,
                         raw::DefaultPolicySection::Allow => DefaultPolicy::Allow,
                     },
-                    slashes: PathRules {
+                    paths: PathRules {
                         slashes: match raw.paths.slashes {
                             raw::SlashesSection::Merge => SlashPolicy::Merge,
                             raw::SlashesSection::Reject => SlashPolicy::Reject,

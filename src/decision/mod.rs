@@ -204,7 +204,7 @@ pub async fn decide<T: Trace>(
         return refused(trace, Some(tenant), r, Stage::Request, Detail::None);
     }
     let target = origin_form(req.raw_path());
-    let canon = match canonicalize(target, cfg.slashes) {
+    let canon = match canonicalize(target, cfg.paths) {
         Ok(c) => c,
         Err(e) => {
             let r = refusal::bad_path(&e);
