@@ -17,8 +17,8 @@
 //! verification and a permission-set compile) runs on a current-thread tokio runtime.
 //!
 //! Companion functions time the steps alone, so a regression can be located:
-//! `decision_step_tenant`, `decision_step_route`, `decision_step_verify_hit`,
-//! `decision_step_grants_hit`.
+//! `decision_step_limits`, `decision_step_tenant`, `decision_step_route`,
+//! `decision_step_verify_hit`, `decision_step_grants_hit`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -291,6 +291,10 @@ fn decision(c: &mut Criterion) {
     let cfg = f.config.load_full();
     c.bench_function("decision_step_tenant", |b| {
         b.iter(|| cfg.tenants.resolve_raw(black_box(f.host)).is_ok())
+    });
+    // The head-size bounds (step 0): one pass over the header map.
+    c.bench_function("decision_step_limits", |b| {
+        b.iter(|| cfg.limits.check(black_box(&f.req)).is_ok())
     });
     let tenant = cfg.tenants.resolve_raw(f.host).unwrap();
     c.bench_function("decision_step_route", |b| {
