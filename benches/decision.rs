@@ -33,7 +33,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use pingora::http::RequestHeader;
 use realmgate::authz::{canonicalize, match_layered, PermissionSet, RouteRule};
 use realmgate::config::{self, RuntimeConfig};
-use realmgate::decision::{self, grant_key_sub, Deps, Input, NoTrace, Outcome, Verdict};
+use realmgate::decision::{self, grant_key, Deps, Input, NoTrace, Outcome, Verdict};
 use realmgate::demo::SigningKey;
 use realmgate::grants::GrantStore;
 use realmgate::jwks::{key_store, KeyStore};
@@ -328,12 +328,9 @@ fn decision(c: &mut Criterion) {
     c.bench_function("decision_step_grants_hit", |b| {
         b.iter(|| {
             f.grants
-                .effective(
-                    &tenant.id,
-                    grant_key_sub(&f.grants, &identity),
-                    identity.all_roles(),
-                    |_| unreachable!("grant-cache hit expected"),
-                )
+                .effective(&grant_key(&f.grants, &cfg, &tenant, &identity), |_| {
+                    unreachable!("grant-cache hit expected")
+                })
                 .now_or_never()
                 .expect("cache hit")
                 .len()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
-use realmgate::grants::GrantStore;
+use realmgate::grants::{GrantKey, GrantStore};
 
 /// The allocator the realmgate binary ships with, so allocation costs match production.
 #[global_allocator]
@@ -28,23 +28,33 @@ fn hit(c: &mut Criterion) {
     for i in 0..50_000u64 {
         let sub = format!("user-{i:08}");
         store
-            .effective("acme", &sub, &roles[..(i % 6) as usize], |_| i)
+            .effective(
+                &GrantKey::new("acme", &sub, &roles[..(i % 6) as usize]),
+                |_| i,
+            )
             .now_or_never()
             .unwrap();
     }
     let sub = "f47ac10b-58cc-4372-a567-0e02b2c3d479";
     for n in [0usize, 2, 5] {
         store
-            .effective("acme", sub, &roles[..n], |_| 7)
+            .effective(
+                &GrantKey {
+                    epoch: 7,
+                    ..GrantKey::new("acme", sub, &roles[..n])
+                },
+                |_| 7,
+            )
             .now_or_never()
             .unwrap();
         c.bench_function(&format!("grants_hit_{n}_roles"), |b| {
             b.iter(|| {
                 let v = store
                     .effective(
-                        std::hint::black_box("acme"),
-                        std::hint::black_box(sub),
-                        std::hint::black_box(&roles[..n]),
+                        &std::hint::black_box(GrantKey {
+                            epoch: 7,
+                            ..GrantKey::new("acme", sub, &roles[..n])
+                        }),
                         |_| unreachable!("hit expected"),
                     )
                     .now_or_never()

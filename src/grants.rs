@@ -267,6 +267,8 @@ struct Entry<T> {
     tenant: Box<str>,
     sub: Box<str>,
     roles: Box<[Arc<str>]>,
+    epoch: u64,
+    claim: Box<[Box<str>]>,
     value: Arc<T>,
     expires: Instant,
     /// Generation slots of tenant, user and each role, in that order.
@@ -276,15 +278,17 @@ struct Entry<T> {
 }
 
 impl<T> Entry<T> {
-    fn matches(&self, tenant: &str, sub: &str, roles: &[Arc<str>]) -> bool {
-        *self.tenant == *tenant
-            && *self.sub == *sub
-            && self.roles.len() == roles.len()
+    fn matches(&self, k: &GrantKey<'_>) -> bool {
+        self.epoch == k.epoch
+            && *self.tenant == *k.tenant
+            && *self.sub == *k.sub
+            && self.roles.len() == k.roles.len()
             && self
                 .roles
                 .iter()
-                .zip(roles)
+                .zip(k.roles)
                 .all(|(a, b)| Arc::ptr_eq(a, b) || **a == **b)
+            && *self.claim == *k.claim
     }
 }
 
@@ -302,6 +306,35 @@ pub struct GrantStore<T> {
     degraded_ttl: Duration,
     redis: Option<Arc<Link>>,
     subscribed: AtomicBool,
+}
+
+/// What a compiled value depends on, and so what it is cached under.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantKey<'a> {
+    pub tenant: &'a str,
+    /// Empty when the value does not depend on the user (see [`GrantStore::has_user_grants`]).
+    pub sub: &'a str,
+    /// Order is part of the key (same token, same order).
+    pub roles: &'a [Arc<str>],
+    /// The catalog epoch of the config the value is compiled with: a value compiled from a
+    /// snapshot a reload replaced is never served to a request on the new one (its ids mean
+    /// other permissions there), whatever order the reload's clear and the insert ran in.
+    pub epoch: u64,
+    /// The token's permission claim: a down-scoped token never shares a set with a wider one.
+    pub claim: &'a [Box<str>],
+}
+
+impl<'a> GrantKey<'a> {
+    /// A key with no epoch and no claim (callers whose values do not depend on them).
+    pub fn new(tenant: &'a str, sub: &'a str, roles: &'a [Arc<str>]) -> Self {
+        Self {
+            tenant,
+            sub,
+            roles,
+            epoch: 0,
+            claim: &[],
+        }
+    }
 }
 
 impl<T> fmt::Debug for GrantStore<T> {
@@ -357,21 +390,17 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
 
     /// The effective set for this identity: cached, or loaded from Redis (bounded by
     /// `command_timeout`) and compiled. Never fails because of Redis. Concurrent misses for the
-    /// same identity share one load. `roles` order is part of the key (same token, same order).
-    pub async fn effective<F>(
-        &self,
-        tenant: &str,
-        sub: &str,
-        roles: &[Arc<str>],
-        compile: F,
-    ) -> Arc<T>
+    /// same key share one load.
+    pub async fn effective<F>(&self, k: &GrantKey<'_>, compile: F) -> Arc<T>
     where
         F: FnOnce(&GrantSource) -> T,
     {
-        let key = self.hasher.hash_one((tenant, sub, roles));
+        let key = self
+            .hasher
+            .hash_one((k.epoch, k.tenant, k.sub, k.roles, k.claim));
         let c = counters();
         let stale = match self.cache.get(&key) {
-            Some(e) if e.matches(tenant, sub, roles) => {
+            Some(e) if e.matches(k) => {
                 if self.is_fresh(&e, Instant::now()) {
                     c.hit.inc();
                     return Arc::clone(&e.value);
@@ -385,16 +414,14 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
                 other
             }
         };
-        self.load(key, stale, tenant, sub, roles, compile).await
+        self.load(key, stale, k, compile).await
     }
 
     async fn load<F>(
         &self,
         key: u64,
         mut stale: Option<Arc<Entry<T>>>,
-        tenant: &str,
-        sub: &str,
-        roles: &[Arc<str>],
+        k: &GrantKey<'_>,
         compile: F,
     ) -> Arc<T>
     where
@@ -407,13 +434,13 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
             }
             match self.cache.get_value_or_guard_async(&key).await {
                 Ok(e) => {
-                    if e.matches(tenant, sub, roles) && self.is_fresh(&e, Instant::now()) {
+                    if e.matches(k) && self.is_fresh(&e, Instant::now()) {
                         return Arc::clone(&e.value);
                     }
                     stale = Some(e);
                 }
                 Err(guard) => {
-                    let entry = self.build(tenant, sub, roles, compile).await;
+                    let entry = self.build(k, compile).await;
                     let value = Arc::clone(&entry.value);
                     // Err means clear() removed the placeholder meanwhile: serve, don't cache.
                     let _ = guard.insert(entry);
@@ -421,20 +448,21 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
                 }
             }
         }
-        let entry = self.build(tenant, sub, roles, compile).await;
+        let entry = self.build(k, compile).await;
         Arc::clone(&entry.value)
     }
 
-    async fn build<F>(
-        &self,
-        tenant: &str,
-        sub: &str,
-        roles: &[Arc<str>],
-        compile: F,
-    ) -> Arc<Entry<T>>
+    async fn build<F>(&self, k: &GrantKey<'_>, compile: F) -> Arc<Entry<T>>
     where
         F: FnOnce(&GrantSource) -> T,
     {
+        let &GrantKey {
+            tenant,
+            sub,
+            roles,
+            epoch,
+            claim,
+        } = k;
         let slots = self.slots(tenant, sub, roles);
         // Before reading Redis: an invalidation arriving during the read must make this stale.
         let generation = self.generation(&slots);
@@ -453,6 +481,8 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
             tenant: tenant.into(),
             sub: sub.into(),
             roles: roles.into(),
+            epoch,
+            claim: claim.into(),
             value,
             expires: Instant::now() + ttl,
             slots,
@@ -1161,7 +1191,7 @@ mod tests {
     /// Redis nothing ever awaits, so the future must complete on its first poll.
     fn get(s: &GrantStore<usize>, t: &str, u: &str, r: &[Arc<str>], calls: &AtomicUsize) -> usize {
         let n = calls.load(Ordering::SeqCst);
-        *s.effective(t, u, r, |src| {
+        *s.effective(&GrantKey::new(t, u, r), |src| {
             assert_eq!(*src, GrantSource::Disabled);
             calls.fetch_add(1, Ordering::SeqCst);
             n + 1
@@ -1346,7 +1376,7 @@ mod tests {
         let r = roles(&["editor"]);
         // The compile runs after the generation snapshot, like a Redis read would.
         let v = s
-            .effective("t", "u", &r, |_| {
+            .effective(&GrantKey::new("t", "u", &r), |_| {
                 s.invalidate("tenant:t:role:editor");
                 calls.fetch_add(1, Ordering::SeqCst);
                 1
@@ -1418,7 +1448,7 @@ mod tests {
         fn send<F: Send>(_: F) {}
         let s = store(Duration::from_secs(1));
         let r = roles(&[]);
-        send(s.effective("t", "u", &r, |_| 0));
+        send(s.effective(&GrantKey::new("t", "u", &r), |_| 0));
         let (_tx, rx) = watch::channel(false);
         send(Arc::clone(&s).run_subscriber(rx));
     }

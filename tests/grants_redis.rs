@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realmgate::grants::{GrantSettings, GrantSource, GrantStore, MAX_MEMBERS_PER_KEY};
+use realmgate::grants::{GrantKey, GrantSettings, GrantSource, GrantStore, MAX_MEMBERS_PER_KEY};
 use realmgate::metrics::metrics;
 use tokio::sync::watch;
 
@@ -153,7 +153,7 @@ async fn eff(
     loads: &AtomicUsize,
 ) -> Arc<Perms> {
     store
-        .effective(&t.id, sub, r, |src| {
+        .effective(&GrantKey::new(&t.id, sub, r), |src| {
             loads.fetch_add(1, Ordering::SeqCst);
             compile(src)
         })
@@ -232,9 +232,7 @@ async fn user_role_and_union_grants_are_loaded() {
     let raw_store = GrantStore::new(Some(t.settings())).unwrap();
     let raw = raw_store
         .effective(
-            &t.id,
-            "alice",
-            &roles(&["editor", "editor", "nobody"]),
+            &GrantKey::new(&t.id, "alice", &roles(&["editor", "editor", "nobody"])),
             |src| {
                 let GrantSource::Redis(raw) = src else {
                     panic!("{src:?}")
@@ -476,9 +474,7 @@ async fn odd_data_does_not_crash_and_is_capped() {
     .unwrap();
     let raw = store
         .effective(
-            &t.id,
-            "alice",
-            &roles(&["huge", "wrong", "fine"]),
+            &GrantKey::new(&t.id, "alice", &roles(&["huge", "wrong", "fine"])),
             |src| match src {
                 GrantSource::Redis(raw) => raw.clone(),
                 other => panic!("{other:?}"),
@@ -871,7 +867,7 @@ async fn store_outlives_the_runtime_that_connected_it() {
                 .enable_all()
                 .build()
                 .unwrap();
-            let p = rt.block_on(store.effective(&id, "first", &[], compile));
+            let p = rt.block_on(store.effective(&GrantKey::new(&id, "first", &[]), compile));
             assert_eq!(p.source, "redis");
         })
         .join()

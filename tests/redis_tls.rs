@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use realmgate::grants::{GrantSettings, GrantSource, GrantStore};
+use realmgate::grants::{GrantKey, GrantSettings, GrantSource, GrantStore};
 
 fn openssl(args: &[&str], dir: &Path) {
     let out = Command::new("openssl")
@@ -177,7 +177,9 @@ async fn rediss_urls_connect_with_verified_tls() {
         .arg("users.read.own")
         .query(&mut admin)
         .unwrap();
-    let got = store.effective("acme", "alice", &[], compile).await;
+    let got = store
+        .effective(&GrantKey::new("acme", "alice", &[]), compile)
+        .await;
     assert_eq!(got.0, "redis");
     assert!(got.1.contains("users.read.own"), "{got:?}");
 
@@ -188,6 +190,8 @@ async fn rediss_urls_connect_with_verified_tls() {
         ..GrantSettings::default()
     }))
     .unwrap();
-    let got = store.effective("acme", "alice", &[], compile).await;
+    let got = store
+        .effective(&GrantKey::new("acme", "alice", &[]), compile)
+        .await;
     assert_eq!(got.0, "unavailable", "{got:?}");
 }

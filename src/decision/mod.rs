@@ -36,7 +36,7 @@ use crate::respond::Rejection;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity, Verifier};
 
-pub use permissions::{grant_key_sub, permission_set};
+pub use permissions::{grant_key, grant_key_sub, permission_set};
 pub use trace::{Asked, Detail, NoTrace, Recorded, Stage, Step, Trace};
 
 /// What the request says. `req` is the request as received, after the client's copies of

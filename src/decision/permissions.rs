@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::authz::PermissionSet;
 use crate::config::RuntimeConfig;
-use crate::grants::{GrantSource, GrantStore};
+use crate::grants::{GrantKey, GrantSource, GrantStore};
 use crate::metrics::metrics;
 use crate::tenant::Tenant;
 use crate::verify::Identity;
@@ -13,13 +13,30 @@ use crate::verify::Identity;
 use super::trace::{Step, Trace};
 
 /// The user part of the permission-cache key. The set depends on the user only through Redis
-/// grants and the token's permission claim; without either, users with the same roles share
-/// one cached set (empty user).
+/// grants; without them, users with the same roles and permission claim share one cached set
+/// (empty user). The claim itself is always part of the key ([`GrantKey::claim`]).
 pub fn grant_key_sub<'a>(grants: &GrantStore<PermissionSet>, identity: &'a Identity) -> &'a str {
-    if grants.has_user_grants() || !identity.permissions.is_empty() {
+    if grants.has_user_grants() {
         identity.sub()
     } else {
         ""
+    }
+}
+
+/// Everything the caller's set depends on: tenant, user (when Redis holds user grants), roles,
+/// the token's permission claim and the catalog it is compiled against.
+pub fn grant_key<'a>(
+    grants: &GrantStore<PermissionSet>,
+    cfg: &RuntimeConfig,
+    tenant: &'a Tenant,
+    identity: &'a Identity,
+) -> GrantKey<'a> {
+    GrantKey {
+        tenant: &tenant.id,
+        sub: grant_key_sub(grants, identity),
+        roles: identity.all_roles(),
+        epoch: cfg.catalog.epoch(),
+        claim: &identity.permissions,
     }
 }
 
@@ -33,7 +50,7 @@ pub async fn permission_set<T: Trace>(
 ) -> Arc<PermissionSet> {
     let roles = cfg.roles_for(tenant);
     grants
-        .effective(&tenant.id, grant_key_sub(grants, identity), identity.all_roles(), |source| {
+        .effective(&grant_key(grants, cfg, tenant, identity), |source| {
             trace.step(Step::Grants { source });
             let redis: Vec<&str> = match source {
                 GrantSource::Redis(raw) => raw

@@ -14,17 +14,22 @@ use crate::jwks::key_store;
 const BASE: &str = "http://127.0.0.1:9";
 
 fn config() -> RuntimeConfig {
+    config_with("viewer: [\"users.read.own\"]")
+}
+
+/// The test config with another definition of the `viewer` role.
+fn config_with(viewer: &str) -> RuntimeConfig {
     let yaml = format!(
         r#"
 listen: {{proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}}
 upstream: {{default: "127.0.0.1:3"}}
-keycloak: {{base_url: "{BASE}", audiences: [backend]}}
+keycloak: {{base_url: "{BASE}", audiences: [backend], permissions_claim: perms}}
 default_policy: deny
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.test]}}
   - {{id: frozen, realm: tenant-frozen, hosts: [frozen.test], status: suspended}}
   - {{id: shadowco, realm: tenant-shadow, hosts: [shadow.test], enforce: false}}
-roles: {{admin: ["users.*.tenant"], viewer: ["users.read.own"]}}
+roles: {{admin: ["users.*.tenant"], {viewer}}}
 routes:
   - {{path: "/public/**", public: true}}
   - {{path: "/me", authenticated: true}}
@@ -294,4 +299,53 @@ async fn every_step_is_traced_in_order() {
         steps.last().is_some_and(|s| s.starts_with("Refused")),
         "{steps:?}"
     );
+}
+
+/// A request still on the snapshot a reload replaced compiles and caches its set after the
+/// reload's clear; a request on the new snapshot must not be served that set (the reload
+/// revoked the grant, and the old set's ids belong to the old catalog).
+#[tokio::test]
+async fn a_set_compiled_from_a_replaced_snapshot_is_never_served_on_the_new_one() {
+    let f = fixture();
+    let old = config();
+    let new = config_with("viewer: [\"reports.read.own\"]");
+    let viewer = f.token("tenant-acme", &["viewer"]);
+    let req = request("GET", "acme.test", "/users/7", Some(&viewer));
+    let deps = Deps {
+        verifier: &f.verifier,
+        grants: &f.grants,
+    };
+    let input = Input {
+        req: &req,
+        is_h2: false,
+        peer: None,
+    };
+    // The reload: new config in, permission cache cleared.
+    f.grants.clear();
+    // A straggler on the old snapshot decides (and caches) after the clear.
+    let d = decide(&old, deps, &input, &mut NoTrace).await;
+    assert!(matches!(forward(&d).verdict, Verdict::Allow));
+    // The next request, on the new snapshot, is refused: the grant was revoked.
+    let d = decide(&new, deps, &input, &mut NoTrace).await;
+    assert_eq!(refusal(&d), (403, "forbidden", Stage::Permission));
+}
+
+/// Two tokens of one user with the same roles but different permission claims never share
+/// a compiled set: the down-scoped token does not inherit the wider one's grants.
+#[tokio::test]
+async fn the_permission_claim_is_part_of_the_permission_cache_key() {
+    let f = fixture();
+    let mut wide = claims("tenant-acme", &["viewer"]);
+    wide["perms"] = json!(["users.delete.tenant", "reports.read.own"]);
+    let mut narrow = claims("tenant-acme", &["viewer"]);
+    narrow["perms"] = json!(["reports.read.own"]);
+    let (wide, narrow) = (f.key.sign(&wide).unwrap(), f.key.sign(&narrow).unwrap());
+    let d = f
+        .decide(&request("DELETE", "acme.test", "/users/7", Some(&wide)))
+        .await;
+    assert!(matches!(forward(&d).verdict, Verdict::Allow));
+    let d = f
+        .decide(&request("DELETE", "acme.test", "/users/7", Some(&narrow)))
+        .await;
+    assert_eq!(refusal(&d), (403, "forbidden", Stage::Permission));
 }
