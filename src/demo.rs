@@ -252,7 +252,7 @@ pub fn prepare(opts: &DemoOptions) -> Result<(pingora::server::Server, String), 
         let claims = json!({
             "iss": format!("{base}/realms/{realm}"),
             "sub": sub,
-            "aud": "demo-backend",
+            "aud": ["demo-backend", "account"],
             "azp": "demo-backend",
             "typ": "Bearer",
             "iat": now,

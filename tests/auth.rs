@@ -201,6 +201,12 @@ async fn issuer_audience_and_type_are_enforced() {
     c["aud"] = json!("account");
     c["azp"] = json!("some-other-client");
     expect_401(&e, &e.acme.sign(&c), "audience_mismatch").await;
+    // RFC 9068 §4: `azp` naming this service is not enough (a token issued to the same client
+    // for another resource server would replay here); `keycloak.accept_azp_as_audience` is off.
+    let mut c = acme_claims(&e);
+    c["aud"] = json!("account");
+    c["azp"] = json!("qa-platform-backend");
+    expect_401(&e, &e.acme.sign(&c), "audience_mismatch").await;
     let mut c = acme_claims(&e);
     c["aud"] = json!(["account", "qa-platform-backend"]);
     c["azp"] = json!("some-other-client");

@@ -138,8 +138,11 @@ fn dur_60s() -> Duration {
 pub struct KeycloakSection {
     /// Keycloak base URL; a realm's issuer is `{base_url}/realms/{realm}`.
     pub base_url: String,
-    /// Accepted audiences: a token's `aud` or `azp` must contain one.
+    /// Accepted audiences: a token's `aud` must contain one.
     pub audiences: Vec<String>,
+    /// Also accept `azp` as the audience (Keycloak without an audience mapper); warned about.
+    #[serde(default)]
+    pub accept_azp_as_audience: bool,
     /// Clients whose `resource_access.{client}.roles` count as roles (default: `audiences`).
     #[serde(default)]
     pub client_roles: Option<Vec<String>>,

@@ -649,6 +649,15 @@ fn load_warnings(raw: &RawConfig) -> Vec<String> {
                 .to_string(),
         );
     }
+    if raw.keycloak.accept_azp_as_audience {
+        w.push(
+            "keycloak.accept_azp_as_audience: true accepts tokens whose azp, not aud, names this \
+             service, so a token issued to the same client for another resource server is \
+             accepted here (RFC 9068 section 4 requires aud); add Keycloak's Audience mapper \
+             to the client scope and turn this off"
+                .to_string(),
+        );
+    }
     if raw.headers.strip_overrides.is_empty() {
         w.push(
             "headers.strip_overrides is empty: method/path override and client-address headers \
@@ -872,6 +881,7 @@ fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySetting
     };
     let verify = VerifySettings {
         audiences: k.audiences.clone(),
+        accept_azp_as_audience: k.accept_azp_as_audience,
         leeway: k.leeway,
         max_token_bytes: k.max_token_bytes,
         cookie_name: k.token_cookie.clone(),
@@ -1023,7 +1033,7 @@ fn validate_keycloak(k: &raw::KeycloakSection, e: &mut Errors) {
     if k.audiences.is_empty() {
         e.push(
             "keycloak.audiences",
-            "must list at least one audience (a token's aud or azp must contain one)",
+            "must list at least one audience (a token's aud must contain one)",
         );
     }
     for (i, a) in k.audiences.iter().enumerate() {

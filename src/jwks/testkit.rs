@@ -100,7 +100,7 @@ pub fn mint(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
 pub fn claims(iss: &str, now: u64) -> Value {
     json!({
         "exp": now + 300, "iat": now, "jti": "2f0c7d4e", "iss": iss,
-        "aud": "account", "sub": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+        "aud": ["qa-platform-backend", "account"], "sub": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
         "typ": "Bearer", "azp": "qa-platform-backend",
         "realm_access": { "roles": ["offline_access", "tenant_admin"] },
         "resource_access": {

@@ -399,7 +399,8 @@ pub(super) fn check_claims(
         }
     }
     let accepted = |a: &str| policy.audiences.iter().any(|x| **x == *a);
-    if !(c.aud.any(accepted) || c.azp.as_ref().is_some_and(|azp| accepted(&azp.0))) {
+    let by_azp = policy.accept_azp && c.azp.as_ref().is_some_and(|azp| accepted(&azp.0));
+    if !(c.aud.any(accepted) || by_azp) {
         return Err(AuthError::AudienceMismatch);
     }
     if c.sub.as_ref().is_none_or(|s| s.0.is_empty()) {
@@ -428,7 +429,7 @@ mod tests {
         let iss = "https://kc/realms/acme";
         let now = 1_000_000u64;
         let base = json!({
-            "iss": iss, "sub": "u1", "aud": "account", "azp": AUD, "typ": "Bearer",
+            "iss": iss, "sub": "u1", "aud": [AUD, "account"], "azp": AUD, "typ": "Bearer",
             "exp": now + 60, "iat": now, "nbf": now
         });
         let with = |patch: serde_json::Value| {
@@ -472,7 +473,9 @@ mod tests {
             ),
             (json!({ "aud": ["x", AUD], "azp": "other" }), Ok(())),
             (json!({ "aud": AUD, "azp": null }), Ok(())),
-            (json!({ "aud": null }), Ok(())),
+            // RFC 9068 §4: `aud` must name the service; `azp` alone does not.
+            (json!({ "aud": null }), Err(AudienceMismatch)),
+            (json!({ "aud": "account" }), Err(AudienceMismatch)),
             (json!({ "aud": null, "azp": null }), Err(AudienceMismatch)),
             (json!({ "sub": null }), Err(MissingSubject)),
             (json!({ "sub": "" }), Err(MissingSubject)),
@@ -481,6 +484,27 @@ mod tests {
             let doc = with(patch.clone());
             let c = parse(&p, &doc).unwrap();
             assert_eq!(check_claims(&c, &p, iss, now), want, "case {i}: {patch}");
+        }
+        // The documented switch for Keycloak without an audience mapper.
+        let lenient = Policy::compile(
+            VerifySettings {
+                accept_azp_as_audience: true,
+                ..vs()
+            },
+            1,
+            None,
+        );
+        for (patch, want) in [
+            (json!({ "aud": "account" }), Ok(())),
+            (json!({ "aud": null }), Ok(())),
+            (
+                json!({ "aud": "account", "azp": "other" }),
+                Err(AudienceMismatch),
+            ),
+        ] {
+            let doc = with(patch.clone());
+            let c = parse(&lenient, &doc).unwrap();
+            assert_eq!(check_claims(&c, &lenient, iss, now), want, "{patch}");
         }
         // No audience configured: fail closed.
         let empty = Policy::compile(VerifySettings::default(), 1, None);

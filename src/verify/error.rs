@@ -82,7 +82,7 @@ impl AuthError {
             AuthError::TokenNotYetValid => "The access token is not valid yet",
             AuthError::TokenIssuedInFuture => "The access token was issued in the future",
             AuthError::IssuerMismatch => "The access token was issued for another tenant",
-            AuthError::AudienceMismatch => "The access token is not intended for this service",
+            AuthError::AudienceMismatch => "The token's aud does not name this service (Keycloak: add an Audience mapper)",
             AuthError::WrongTokenType => "Only access tokens are accepted",
             AuthError::AlgNotAllowed => "The access token's signature algorithm is not allowed",
             AuthError::ForbiddenHeader => "The access token's header is not accepted",

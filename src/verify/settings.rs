@@ -14,8 +14,12 @@ use super::jose::BStr;
 /// [`Verifier::update_settings`](super::Verifier::update_settings).
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifySettings {
-    /// Accepted audiences: `aud` (string or array) or `azp` must contain one. Required.
+    /// Accepted audiences: `aud` (string or array) must contain one (RFC 9068 §4). Required.
     pub audiences: Vec<String>,
+    /// Also accept a token whose `azp` (not `aud`) names an audience: Keycloak without an
+    /// audience mapper. Off by default: then any resource server that received a token from
+    /// the same client could replay it here.
+    pub accept_azp_as_audience: bool,
     /// Clock skew tolerance for `exp`, `nbf`, `iat` (default 30 s).
     pub leeway: std::time::Duration,
     /// Larger tokens are `token_too_large` (default 16 KiB).
@@ -41,6 +45,7 @@ impl Default for VerifySettings {
     fn default() -> Self {
         Self {
             audiences: Vec::new(),
+            accept_azp_as_audience: false,
             leeway: std::time::Duration::from_secs(30),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             cookie_name: None,
@@ -123,6 +128,7 @@ pub(super) struct Policy {
     pub(super) generation: u64,
     pub(super) settings: VerifySettings,
     pub(super) audiences: Box<[Box<str>]>,
+    pub(super) accept_azp: bool,
     pub(super) clients: Box<[Box<str>]>,
     pub(super) leeway: u64,
     pub(super) max_token_bytes: usize,
@@ -170,6 +176,7 @@ impl Policy {
                 .iter()
                 .map(|s| Box::from(s.as_str()))
                 .collect(),
+            accept_azp: settings.accept_azp_as_audience,
             clients: clients.iter().map(|s| Box::from(s.as_str())).collect(),
             leeway: settings.leeway.as_secs(),
             max_token_bytes: settings.max_token_bytes,

@@ -61,7 +61,8 @@ pub fn claims(base: &str, realm: &str, sub: &str, roles: &[&str]) -> Value {
     json!({
         "iss": format!("{base}/realms/{realm}"),
         "sub": sub,
-        "aud": "account",
+        // As a Keycloak audience mapper issues it (RFC 9068 §4: aud names the service).
+        "aud": ["qa-platform-backend", "account"],
         "azp": "qa-platform-backend",
         "typ": "Bearer",
         "exp": now + 300,
