@@ -106,6 +106,8 @@ struct Tokens {
     forged: String,
     unknown_kid: String,
     alg_none: String,
+    no_kid: String,
+    untyped: String,
     /// Over keycloak.max_token_bytes, under limits.max_header_line_bytes.
     large: String,
     /// Over limits.max_header_line_bytes.
@@ -144,6 +146,10 @@ fn tokens(kc: &MockKeycloak, key: &SigningKey) -> Tokens {
         other_realm: key.sign(&c("tenant-beta", &["admin"])),
         forged: SigningKey::rsa("acme-1").sign(&c("tenant-acme", &["admin"])),
         unknown_kid: SigningKey::rsa("nobody-knows").sign(&c("tenant-acme", &["admin"])),
+        no_kid: key.sign_without_kid(&c("tenant-acme", &["viewer"])),
+        untyped: with(&|v| {
+            v.as_object_mut().unwrap().remove("typ");
+        }),
         alg_none: unsigned(
             json!({"alg": "none", "typ": "JWT", "kid": "acme-1"}),
             &c("tenant-acme", &["admin"]),
@@ -443,6 +449,22 @@ fn deny_table(t: &Tokens) -> Vec<Case> {
             "/me",
             Some(&t.large),
             (401, Some("token_too_large")),
+        ),
+        case(
+            "no kid",
+            "GET",
+            "acme.test",
+            "/me",
+            Some(&t.no_kid),
+            (401, Some("missing_kid")),
+        ),
+        case(
+            "untyped token",
+            "GET",
+            "acme.test",
+            "/me",
+            Some(&t.untyped),
+            (401, Some("wrong_token_type")),
         ),
         case(
             "header line too large",

@@ -242,6 +242,12 @@ pub struct RealmOverrideSection {
     pub jwks_file: Option<String>,
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
+    /// Accept tokens without `kid` (non-Keycloak issuers with one key).
+    #[serde(default)]
+    pub allow_missing_kid: bool,
+    /// Accept tokens with no `typ` claim and no `at+jwt` header type.
+    #[serde(default)]
+    pub allow_missing_typ: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

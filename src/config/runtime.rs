@@ -862,6 +862,8 @@ fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySetting
                 jwks_uri: o.jwks_uri.clone(),
                 jwks_file: o.jwks_file.as_ref().map(PathBuf::from),
                 algorithms: o.algorithms.as_deref().map(parse_algs),
+                allow_missing_kid: o.allow_missing_kid,
+                allow_missing_typ: o.allow_missing_typ,
             },
         );
     }

@@ -91,6 +91,16 @@ impl Realm {
         &self.spec.issuer
     }
 
+    /// Whether a token must name its key (`keycloak.realms.<r>.allow_missing_kid`).
+    pub(crate) fn requires_kid(&self) -> bool {
+        !self.spec.allow_missing_kid
+    }
+
+    /// Whether a token must be explicitly typed (`keycloak.realms.<r>.allow_missing_typ`).
+    pub(crate) fn requires_typ(&self) -> bool {
+        !self.spec.allow_missing_typ
+    }
+
     pub(crate) fn allows(&self, alg: Alg) -> bool {
         self.spec.algs.contains(alg)
     }

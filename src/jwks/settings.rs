@@ -19,6 +19,12 @@ pub struct RealmOverride {
     pub jwks_file: Option<PathBuf>,
     /// Allowed algorithms for this realm (default: [`JwksSettings::algorithms`]).
     pub algorithms: Option<Vec<Alg>>,
+    /// Accept tokens without a `kid` (then the realm's only key is tried). Off by default:
+    /// Keycloak always sends one, and trying keys for kid-less tokens costs CPU per key.
+    pub allow_missing_kid: bool,
+    /// Accept tokens with neither a `typ` claim (`Bearer`) nor a JOSE `typ` of `at+jwt`
+    /// (RFC 9068). Off by default: explicit typing keeps ID and refresh tokens out.
+    pub allow_missing_typ: bool,
 }
 
 /// Everything the key store and its refresher need; cheap to clone, compared on reload.
@@ -106,6 +112,8 @@ pub(super) struct RealmSpec {
     pub(super) issuer: Arc<str>,
     pub(super) source: Source,
     pub(super) algs: AlgSet,
+    pub(super) allow_missing_kid: bool,
+    pub(super) allow_missing_typ: bool,
 }
 
 fn default_issuer(base_url: &str, realm: &str) -> String {
@@ -139,6 +147,8 @@ pub(super) fn spec_for(settings: &JwksSettings, realm: &str) -> RealmSpec {
         issuer: issuer.into(),
         source,
         algs,
+        allow_missing_kid: ov.is_some_and(|o| o.allow_missing_kid),
+        allow_missing_typ: ov.is_some_and(|o| o.allow_missing_typ),
     }
 }
 

@@ -205,7 +205,16 @@ mod tests {
         let e = env_with(
             &[("v-nokid", vec![bare])],
             &["v-nokid"],
-            |_| {},
+            |s| {
+                // A non-Keycloak issuer with one key and no kids: the documented switch.
+                Arc::make_mut(&mut s.realm_overrides).insert(
+                    "v-nokid".into(),
+                    crate::jwks::RealmOverride {
+                        allow_missing_kid: true,
+                        ..Default::default()
+                    },
+                );
+            },
             VerifySettings {
                 token_cache_capacity: 0,
                 ..vs()

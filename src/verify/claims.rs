@@ -188,7 +188,7 @@ pub(super) struct Claims<'a> {
     iss: Option<BStr<'a>>,
     pub(super) sub: Option<BStr<'a>>,
     pub(super) azp: Option<BStr<'a>>,
-    typ: Option<BStr<'a>>,
+    pub(super) typ: Option<BStr<'a>>,
     pub(super) preferred_username: Option<BStr<'a>>,
     pub(super) email: Option<BStr<'a>>,
     aud: Aud<'a>,

@@ -10,6 +10,8 @@ pub enum AuthError {
     MissingToken,
     #[error("malformed access token")]
     MalformedToken,
+    #[error("access token names no key")]
+    MissingKeyId,
     #[error("access token too large")]
     TokenTooLarge,
     #[error("token expired")]
@@ -46,6 +48,7 @@ impl AuthError {
         match self {
             AuthError::MissingToken => "missing_token",
             AuthError::MalformedToken => "malformed_token",
+            AuthError::MissingKeyId => "missing_kid",
             AuthError::TokenTooLarge => "token_too_large",
             AuthError::TokenExpired => "token_expired",
             AuthError::TokenNotYetValid => "token_not_yet_valid",
@@ -77,12 +80,15 @@ impl AuthError {
         match self {
             AuthError::MissingToken => "Authentication required",
             AuthError::MalformedToken => "The access token is malformed",
+            AuthError::MissingKeyId => "The access token's header names no key (kid)",
             AuthError::TokenTooLarge => "The access token is too large",
             AuthError::TokenExpired => "The access token expired",
             AuthError::TokenNotYetValid => "The access token is not valid yet",
             AuthError::TokenIssuedInFuture => "The access token was issued in the future",
             AuthError::IssuerMismatch => "The access token was issued for another tenant",
-            AuthError::AudienceMismatch => "The token's aud does not name this service (Keycloak: add an Audience mapper)",
+            AuthError::AudienceMismatch => {
+                "The token's aud does not name this service (Keycloak: add an Audience mapper)"
+            }
             AuthError::WrongTokenType => "Only access tokens are accepted",
             AuthError::AlgNotAllowed => "The access token's signature algorithm is not allowed",
             AuthError::ForbiddenHeader => "The access token's header is not accepted",
@@ -144,6 +150,7 @@ mod tests {
         let all = [
             (MissingToken, "missing_token", 401),
             (MalformedToken, "malformed_token", 401),
+            (MissingKeyId, "missing_kid", 401),
             (TokenTooLarge, "token_too_large", 401),
             (TokenExpired, "token_expired", 401),
             (TokenNotYetValid, "token_not_yet_valid", 401),

@@ -52,6 +52,9 @@ pub(super) struct JoseHeader<'a> {
     pub(super) alg: Option<BStr<'a>>,
     #[serde(borrow, default)]
     pub(super) kid: Option<BStr<'a>>,
+    /// RFC 9068 §2.1: `at+jwt` types an access token in the header.
+    #[serde(borrow, default)]
+    pub(super) typ: Option<BStr<'a>>,
     #[serde(default)]
     jku: Present,
     #[serde(default)]

@@ -234,6 +234,9 @@ impl Verifier {
         if !realm.allows(alg) {
             return Err(AuthError::AlgNotAllowed);
         }
+        if header.kid.is_none() && realm.requires_kid() {
+            return Err(AuthError::MissingKeyId);
+        }
         let payload = b64_decode(payload_b64)?;
         // One fast UTF-8 pass here lets serde_json skip validating every string it borrows.
         let payload = std::str::from_utf8(&payload).map_err(|_| AuthError::MalformedToken)?;
@@ -243,6 +246,13 @@ impl Verifier {
             .and_then(|c| de.end().map(|()| c))
             .map_err(|_| AuthError::MalformedToken)?;
         check_claims(&claims, &policy, realm.issuer(), self.keys.now())?;
+        let header_typed = header
+            .typ
+            .as_ref()
+            .is_some_and(|t| t.0.eq_ignore_ascii_case("at+jwt"));
+        if claims.typ.is_none() && !header_typed && realm.requires_typ() {
+            return Err(AuthError::WrongTokenType);
+        }
 
         let kid = header.kid.as_ref().map(|k| &*k.0);
         let key = self.keys.key(&realm, kid).await?;
@@ -563,13 +573,62 @@ mod tests {
             AuthError::TokenExpired
         );
         assert_eq!(e.idp.hits("certs", "v-rot"), before + 1);
-        // A kid-less token never triggers a fetch either.
+        // A kid-less token is refused before any key is looked at (never a fetch).
         let t = mint(&rsa_c(), None, &e.claims("v-rot"));
         assert_eq!(
             e.verify("v-rot", &t).await.unwrap_err(),
-            AuthError::UnknownKey
+            AuthError::MissingKeyId
         );
         assert_eq!(e.idp.hits("certs", "v-rot"), before + 1);
+    }
+
+    /// Explicit typing (RFC 9068 §2.1, RFC 8725 §3.11): a `typ` claim of `Bearer` or a JOSE
+    /// `typ` of `at+jwt`; an untyped token is refused unless the realm allows it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_must_be_explicitly_typed() {
+        let e = env_with(
+            &[
+                ("v-typed", vec![rsa_a().jwk("k1")]),
+                ("v-lax", vec![rsa_a().jwk("k1")]),
+            ],
+            &["v-typed", "v-lax"],
+            |s| {
+                Arc::make_mut(&mut s.realm_overrides).insert(
+                    "v-lax".into(),
+                    crate::jwks::RealmOverride {
+                        allow_missing_typ: true,
+                        ..Default::default()
+                    },
+                );
+            },
+            vs(),
+        )
+        .await;
+        let mut untyped = e.claims("v-typed");
+        untyped.as_object_mut().unwrap().remove("typ");
+        assert_eq!(
+            e.verify("v-typed", &mint(&rsa_a(), Some("k1"), &untyped))
+                .await
+                .unwrap_err(),
+            AuthError::WrongTokenType
+        );
+        let at_jwt = mint_with_header(
+            &rsa_a(),
+            &json!({ "alg": "RS256", "kid": "k1", "typ": "at+jwt" }),
+            &untyped,
+        );
+        assert!(
+            e.verify("v-typed", &at_jwt).await.is_ok(),
+            "header at+jwt types it"
+        );
+        let mut lax = e.claims("v-lax");
+        lax.as_object_mut().unwrap().remove("typ");
+        assert!(
+            e.verify("v-lax", &mint(&rsa_a(), Some("k1"), &lax))
+                .await
+                .is_ok(),
+            "allow_missing_typ"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

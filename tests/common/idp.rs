@@ -40,6 +40,11 @@ impl SigningKey {
         self.inner.sign(claims).unwrap()
     }
 
+    /// Signs with no kid in the header (realmgate refuses these unless the realm allows it).
+    pub fn sign_without_kid(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &self.inner.encoding).unwrap()
+    }
+
     /// Signs with a different kid in the header (unknown-key and confusion tests).
     pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
         let mut h = Header::new(Algorithm::RS256);
