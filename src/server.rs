@@ -97,6 +97,7 @@ pub fn build_server(
                 key,
                 channel,
                 resync: std::time::Duration::from_secs(60),
+                last_applied: Default::default(),
             },
         ));
     }

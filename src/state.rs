@@ -32,6 +32,10 @@ pub struct Shared {
     base: Mutex<(Arc<RawConfig>, Option<PathBuf>)>,
     /// Tenants provisioned at run time through Redis (see `tenant_sync`).
     runtime_tenants: Mutex<Vec<TenantSection>>,
+    /// Serialises the two config writers (file reload, tenant sync): each reads the other's
+    /// input, compiles and stores, so interleaved they could store a config that drops the
+    /// other's change.
+    writer: Mutex<()>,
 }
 
 impl Shared {
@@ -52,6 +56,7 @@ impl Shared {
         let shared = Arc::new(Self {
             base,
             runtime_tenants: Mutex::new(Vec::new()),
+            writer: Mutex::new(()),
             config: ArcSwap::from_pointee(config),
             keys,
             verifier,
@@ -112,6 +117,7 @@ impl Shared {
 
     /// Installs a new file config, merged with the run-time tenants, and swaps it in.
     pub fn install(&self, raw: RawConfig, source: Option<PathBuf>) -> Result<(), ConfigError> {
+        let _writer = self.writer.lock();
         let extra = self.runtime_tenants.lock().clone();
         let raw = Arc::new(raw);
         let cfg = merged(&raw, source.clone(), &extra)?;
@@ -127,6 +133,7 @@ impl Shared {
         &self,
         mut tenants: Vec<TenantSection>,
     ) -> Result<usize, ConfigError> {
+        let _writer = self.writer.lock();
         let (raw, source) = self.base.lock().clone();
         tenants.retain(|t| {
             let clash = raw.tenants.iter().any(|f| f.id == t.id);

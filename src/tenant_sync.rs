@@ -52,6 +52,10 @@ pub struct TenantSync {
     pub key: String,
     pub channel: String,
     pub resync: Duration,
+    /// The `HGETALL` answer last applied (sorted). The periodic resync sends the same answer
+    /// almost every time; applying it again would recompile the whole config and flush the
+    /// permission cache (a Redis miss storm every minute) for nothing.
+    pub last_applied: parking_lot::Mutex<Option<Vec<(String, String)>>>,
 }
 
 impl TenantSync {
@@ -62,14 +66,33 @@ impl TenantSync {
         )
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-        let entries: Vec<(String, String)> = redis::cmd("HGETALL")
+        let mut entries: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(&self.key)
             .query_async(&mut conn)
             .await?;
-        let tenants = parse_entries(entries);
-        let n = tenants.len();
-        match self.shared.set_runtime_tenants(tenants) {
+        // Hash order is arbitrary: sorted, the same set compares (and compiles) the same.
+        entries.sort_unstable();
+        let n = entries.len();
+        if self.last_applied.lock().as_ref() == Some(&entries) {
+            tracing::debug!(tenants = n, "runtime tenants unchanged");
+            return Ok(n);
+        }
+        let tenants = parse_entries(entries.clone());
+        // Compiling the config (10 000 tenants, upstream DNS) is blocking work: off the
+        // runtime's worker threads.
+        let shared = Arc::clone(&self.shared);
+        let applied = tokio::task::spawn_blocking(move || shared.set_runtime_tenants(tenants))
+            .await
+            .map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "tenant compile task failed",
+                    e.to_string(),
+                ))
+            })?;
+        match applied {
             Ok(kept) => {
+                *self.last_applied.lock() = Some(entries);
                 metrics()
                     .config_reload_total
                     .with_label_values(&["ok"])

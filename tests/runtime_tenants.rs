@@ -132,6 +132,33 @@ logging: {{access_log: false}}
     assert_eq!(status(&gw, "initech.dyn.example.com").await, 200);
     assert_eq!(up.last().header("x-tenant-id"), Some("initech"));
 
+    // An unchanged set is not applied again (no recompile, no permission-cache flush): a
+    // message with nothing new, then one with a change; messages are handled in order, so
+    // once the change serves, exactly one apply happened.
+    let applied = || {
+        realmgate::metrics::metrics()
+            .config_reload_total
+            .with_label_values(&["ok"])
+            .get()
+    };
+    let before = applied();
+    let config_before = gw.shared.config.load_full();
+    redis_cli(&["PUBLISH", &channel, "tenants"]);
+    redis_cli(&[
+        "HSET",
+        &key,
+        "globex",
+        r#"{"id":"globex","realm":"tenant-globex","hosts":["globex.example.com"]}"#,
+    ]);
+    redis_cli(&["PUBLISH", &channel, "tenants"]);
+    eventually(&gw, "globex.example.com", 200).await;
+    assert_eq!(applied(), before + 1, "the unchanged set was applied again");
+    assert!(!std::sync::Arc::ptr_eq(
+        &config_before,
+        &gw.shared.config.load_full()
+    ));
+    redis_cli(&["HDEL", &key, "globex"]);
+
     // Suspension and removal go through the same path.
     redis_cli(&[
         "HSET",

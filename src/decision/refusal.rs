@@ -46,7 +46,14 @@ pub fn forbidden(required: Option<&str>) -> Rejection {
 }
 
 /// The one mapping from token failures to HTTP answers (RFC 6750 challenge on 401).
+///
+/// A host-pattern realm the IdP does not know is answered exactly like a token signed by a
+/// key the realm does not have: a distinct 404 would tell a prober which tenants exist.
 pub fn unauthenticated(e: &AuthError, tenant: &Tenant) -> Rejection {
+    let e = match e {
+        AuthError::UnknownTenant => &AuthError::UnknownKey,
+        other => other,
+    };
     match e.http_status() {
         401 => Rejection::new(401, e.code(), e.description()).with_challenge(Challenge {
             realm: tenant.id.to_string(),
@@ -100,6 +107,15 @@ mod tests {
         );
         assert_eq!((r.status, r.retry_after), (503, Some(7)));
         assert!(r.challenge.is_none());
+    }
+
+    #[test]
+    fn an_unknown_realm_reads_like_an_unknown_key() {
+        let t = tenant();
+        assert_eq!(
+            unauthenticated(&AuthError::UnknownTenant, &t),
+            unauthenticated(&AuthError::UnknownKey, &t)
+        );
     }
 
     #[test]

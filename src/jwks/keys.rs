@@ -184,7 +184,9 @@ fn prepare_key(raw: &RawJwk, allowed: AlgSet) -> Result<PreparedKey, String> {
             let e_raw = b64url("e", raw.e.as_deref())?;
             let n = strip_leading_zeros(&n_raw);
             let e = strip_leading_zeros(&e_raw);
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            // An empty modulus is 0 bits (and refused below), never an underflow.
+            let bits =
+                (n.len() * 8).saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize));
             if !(2048..=8192).contains(&bits) {
                 return Err(format!("RSA modulus of {bits} bits (need 2048..=8192)"));
             }
@@ -349,6 +351,20 @@ mod tests {
 
     fn rs256() -> AlgSet {
         AlgSet::from_slice(&[Alg::RS256])
+    }
+
+    /// Hostile JWKS documents are skipped key by key, never a panic.
+    #[test]
+    fn empty_or_zero_rsa_components_are_refused_not_a_panic() {
+        for (n, e) in [("", "AQAB"), ("AA", "AQAB"), ("AAAA", ""), ("", "")] {
+            let doc = json!({ "keys": [{ "kty": "RSA", "kid": "k", "n": n, "e": e }] });
+            // Either "no usable key" or an empty set; what matters is no panic and no key.
+            if let Ok(built) =
+                build_key_set(doc.to_string().as_bytes(), rs256(), &KeySet::default())
+            {
+                assert_eq!(built.set.len(), 0, "n={n:?} e={e:?}");
+            }
+        }
     }
 
     #[test]
