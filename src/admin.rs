@@ -33,17 +33,31 @@ impl AdminApp {
             "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
             "/readyz" => {
                 let reasons = self.shared.not_ready_reasons();
+                let h = self.shared.keys.static_realm_health();
+                // Per-realm health is a detail, not a verdict; the list is capped.
+                let realms = json!({
+                    "usable": h.usable,
+                    "loading": h.loading,
+                    "unusable": h.unusable.len(),
+                    "unusable_names": h.unusable.iter().take(100).collect::<Vec<_>>(),
+                });
                 if reasons.is_empty() {
-                    json_response(StatusCode::OK, json!({"status": "ready"}))
+                    json_response(StatusCode::OK, json!({"status": "ready", "realms": realms}))
                 } else {
                     json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"status": "not_ready", "reasons": reasons}),
+                        json!({"status": "not_ready", "reasons": reasons, "realms": realms}),
                     )
                 }
             }
             "/metrics" => {
                 self.shared.keys.refresh_age_gauges();
+                let h = self.shared.keys.static_realm_health();
+                let g = &metrics().static_realms;
+                let n = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+                g.with_label_values(&["usable"]).set(n(h.usable));
+                g.with_label_values(&["loading"]).set(n(h.loading));
+                g.with_label_values(&["unusable"]).set(n(h.unusable.len()));
                 let body = metrics().encode();
                 Response::builder()
                     .status(StatusCode::OK)

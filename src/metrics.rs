@@ -78,6 +78,8 @@ pub struct Metrics {
     pub jwks_fetch_total: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_age_seconds: IntGaugeVec,
+    /// Static realms by health (`usable`, `loading`, `unusable`): bounded labels.
+    pub static_realms: IntGaugeVec,
     pub token_verify_total: IntCounterVec,
     pub token_cache_total: IntCounterVec,
     pub token_verify_duration: HistogramVec,
@@ -181,6 +183,12 @@ impl Metrics {
                 "realmgate_jwks_age_seconds",
                 "Seconds since the realm's keys were last fetched successfully.",
                 &["realm"],
+            ),
+            static_realms: gauge_vec(
+                r,
+                "realmgate_static_realms",
+                "Static realms by health: usable keys, first load pending, or unusable.",
+                &["state"],
             ),
             token_verify_total: counter_vec(
                 r,

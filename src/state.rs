@@ -195,9 +195,16 @@ impl Shared {
         if self.is_draining() {
             reasons.push("shutting down".to_string());
         }
+        // Whether this replica can serve, not whether every tenant can: one deleted realm or a
+        // realm whose IdP is down must not take every replica out of service at once (those
+        // tenants get 503/401 answers; the rest are served). Until every static realm has had
+        // its first load, though, traffic would only meet 503s.
         if self.config.load().raw.keycloak.require_keys_for_ready {
-            for realm in self.keys.not_ready_realms() {
-                reasons.push(format!("realm {realm} has no usable keys"));
+            let h = self.keys.static_realm_health();
+            if h.loading > 0 {
+                reasons.push(format!("{} static realm(s) not loaded yet", h.loading));
+            } else if h.usable == 0 && !h.unusable.is_empty() {
+                reasons.push("no static realm has usable keys".to_string());
             }
         }
         reasons

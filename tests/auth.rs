@@ -414,6 +414,44 @@ async fn stale_keys_expire_after_max_stale() {
     );
 }
 
+/// Readiness says whether this replica can serve, not whether every tenant can: a realm
+/// deleted at the IdP is reported in the details and its tenant refused, while the replica
+/// stays in service for the others. Fails before: /readyz was 503 for one missing realm.
+#[tokio::test]
+async fn one_missing_realm_does_not_take_the_replica_out_of_service() {
+    let kc = MockKeycloak::start().await;
+    let acme = SigningKey::rsa("acme-1");
+    kc.set_keys("tenant-acme", &[&acme]);
+    // tenant-globex does not exist at the IdP.
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&kc, ""), up.addr);
+    wait_ready(&gw).await;
+    let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["realms"]["usable"], 1, "{body}");
+    assert_eq!(
+        body["realms"]["unusable_names"],
+        json!(["tenant-globex"]),
+        "{body}"
+    );
+    let t = acme.sign(&claims(&kc.base(), "tenant-acme", "u", &[]));
+    let (status, _, _) = call(&gw, "acme.qa.example.com", "/api/v1/me", Some(&t)).await;
+    assert_eq!(status, 200);
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("realmgate_static_realms{state=\"unusable\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn never_loaded_realm_while_idp_down_is_503() {
     let kc = MockKeycloak::start().await;

@@ -56,6 +56,6 @@ pub use refresher::{
 };
 pub use settings::{valid_realm_name, JwksSettings, RealmOverride};
 pub use store::{
-    key_store, key_store_with_clock, system_clock, Clock, KeyStore, RealmInfo,
+    key_store, key_store_with_clock, system_clock, Clock, KeyStore, RealmHealth, RealmInfo,
     NEGATIVE_CACHE_CAPACITY,
 };

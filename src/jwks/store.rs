@@ -467,6 +467,25 @@ impl KeyStore {
             .all(|r| r.usable_at(now, stale) && r.keys.load().len() > 0)
     }
 
+    /// Static realms by health, for readiness and `/readyz` details: how many have usable
+    /// keys, how many await their first load, and the names of the unusable ones (sorted).
+    pub fn static_realm_health(&self) -> RealmHealth {
+        let now = self.now();
+        let stale = self.max_stale_secs();
+        let mut h = RealmHealth::default();
+        for r in self.realms.load().map.values().filter(|r| r.is_static()) {
+            if r.usable_at(now, stale) && r.keys.load().len() > 0 {
+                h.usable += 1;
+            } else if r.state() == super::realm::NOT_LOADED {
+                h.loading += 1;
+            } else {
+                h.unusable.push(r.name.to_string());
+            }
+        }
+        h.unusable.sort();
+        h
+    }
+
     /// Static realms without usable keys, sorted (for `/readyz` output).
     pub fn not_ready_realms(&self) -> Vec<String> {
         let now = self.now();
@@ -683,6 +702,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// See [`KeyStore::static_realm_health`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RealmHealth {
+    pub usable: usize,
+    pub loading: usize,
+    pub unusable: Vec<String>,
 }
 
 #[cfg(test)]
