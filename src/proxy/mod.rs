@@ -144,6 +144,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
+    /// No downstream modules. Pingora's default registers a response-compression module at
+    /// level 0 (disabled) that every request still builds and consults; realmgate never
+    /// compresses (the backend decides its encoding), so it is pure per-request cost.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     /// Decides the request. `Ok(true)` means realmgate has answered (a refusal); `Ok(false)`
     /// lets it through to the upstream. Expected refusals never surface as `Err`, so they are
     /// not logged as proxy errors.
