@@ -35,9 +35,6 @@ fn server_conf(cfg: &RuntimeConfig) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: s.upgrade_sock.clone(),
         pid_file: s.pid_file.clone(),
-        // With one thread there is nothing to steal from: a current-thread runtime per
-        // thread skips the multi-thread scheduler's cross-thread bookkeeping.
-        work_stealing: s.threads > 1,
         ..ServerConf::default()
     }
 }
