@@ -58,6 +58,17 @@ impl BoundedLabels {
         }
         OTHER
     }
+
+    /// `value` if it already has its own series, else [`OTHER`]; never admits. For values a
+    /// client can choose (a random subdomain under a host pattern), so unverified traffic
+    /// cannot take the labels that real tenants need.
+    pub fn known<'a>(&self, value: &'a str) -> &'a str {
+        if self.seen.contains(value) {
+            value
+        } else {
+            OTHER
+        }
+    }
 }
 
 /// Every series realmgate exports. Names follow Prometheus conventions: `realmgate_` prefix,

@@ -496,7 +496,7 @@ impl ProxyHttp for Gateway {
         let tenant = ctx
             .tenant
             .as_ref()
-            .map(|t| m.tenants.label(&t.id))
+            .map(|t| tenant_label(t, ctx.identity.is_some()))
             .unwrap_or("none");
         m.requests_total
             .with_label_values(&[tenant, status_label(status)])
@@ -545,6 +545,18 @@ impl ProxyHttp for Gateway {
     /// URI, and a query can carry a token (`?access_token=`), so only the path is named.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         summary(session.req_header(), ctx)
+    }
+}
+
+/// The `tenant` label of a request's metrics. Configured tenants and tenants whose token
+/// verified may take a label of their own; a pattern tenant nobody authenticated for (any
+/// random subdomain) only reuses one it already has, else counts as `other`.
+fn tenant_label<'a>(tenant: &'a Tenant, verified: bool) -> &'a str {
+    let labels = &metrics().tenants;
+    match tenant.source {
+        crate::tenant::TenantSource::Static { .. } => labels.label(&tenant.id),
+        crate::tenant::TenantSource::Pattern { .. } if verified => labels.label(&tenant.id),
+        crate::tenant::TenantSource::Pattern { .. } => labels.known(&tenant.id),
     }
 }
 
@@ -599,6 +611,34 @@ fn status_label(code: u16) -> &'static str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_subdomains_do_not_take_tenant_labels() {
+        use crate::tenant::{TenantSource, TenantStatus};
+        let pattern = |id: &str| {
+            Tenant::new(
+                id.into(),
+                format!("tenant-{id}").into(),
+                TenantStatus::Active,
+                None,
+                TenantSource::Pattern { index: 0 },
+            )
+        };
+        let junk = pattern("zz-random-7f3a");
+        assert_eq!(tenant_label(&junk, false), crate::metrics::OTHER);
+        assert_eq!(
+            tenant_label(&junk, false),
+            crate::metrics::OTHER,
+            "still not admitted"
+        );
+        let real = pattern("zz-verified-tenant");
+        assert_eq!(tenant_label(&real, true), "zz-verified-tenant");
+        assert_eq!(
+            tenant_label(&real, false),
+            "zz-verified-tenant",
+            "kept once admitted"
+        );
+    }
 
     #[test]
     fn the_error_log_summary_never_carries_the_query() {

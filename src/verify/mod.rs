@@ -176,7 +176,8 @@ impl Verifier {
                 debug!(tenant = %tenant_id, realm = %realm, code = e.code(), "token refused");
                 metrics()
                     .token_verify_total
-                    .with_label_values(&[metrics().tenants.label(tenant_id), e.code()])
+                    // A refusal admits no label: only verified tenants get their own series.
+                    .with_label_values(&[metrics().tenants.known(tenant_id), e.code()])
                     .inc();
             }
         }
