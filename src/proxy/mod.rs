@@ -551,7 +551,7 @@ impl ProxyHttp for Gateway {
 /// The `tenant` label of a request's metrics. Configured tenants and tenants whose token
 /// verified may take a label of their own; a pattern tenant nobody authenticated for (any
 /// random subdomain) only reuses one it already has, else counts as `other`.
-fn tenant_label<'a>(tenant: &'a Tenant, verified: bool) -> &'a str {
+fn tenant_label(tenant: &Tenant, verified: bool) -> &str {
     let labels = &metrics().tenants;
     match tenant.source {
         crate::tenant::TenantSource::Static { .. } => labels.label(&tenant.id),
