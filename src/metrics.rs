@@ -87,6 +87,9 @@ pub struct Metrics {
     pub rejections_total: IntCounterVec,
 
     pub jwks_fetch_total: IntCounterVec,
+    /// Request-caused fetches refused by a process-wide rate bound, by `reason`
+    /// (`admission_rate`, `refetch_rate`): bounded labels.
+    pub jwks_fetch_denied_total: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub jwks_age_seconds: IntGaugeVec,
     /// Static realms by health (`usable`, `loading`, `unusable`): bounded labels.
@@ -182,6 +185,12 @@ impl Metrics {
                 "realmgate_jwks_fetch_total",
                 "JWKS/discovery fetches, by realm and result.",
                 &["realm", "result"],
+            ),
+            jwks_fetch_denied_total: counter_vec(
+                r,
+                "realmgate_jwks_fetch_denied_total",
+                "Request-caused JWKS fetches refused by a process-wide rate bound, by reason.",
+                &["reason"],
             ),
             jwks_keys: gauge_vec(
                 r,

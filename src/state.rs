@@ -67,8 +67,10 @@ impl Shared {
         Ok((shared, refresher))
     }
 
-    /// Swaps in a new validated config. JWKS key sets of unchanged realms and verified tokens
-    /// stay warm; compiled permission sets are dropped (their ids belong to the old catalog).
+    /// Swaps in a new validated config. JWKS key sets of unchanged realms, verified tokens and
+    /// the permission sets of tenants whose catalog and roles are unchanged stay warm (their
+    /// cache key carries a content epoch, so a changed tenant never meets an old set); when
+    /// the catalog itself changed, every set is dropped to free the space.
     /// Settings that only take effect at start (listen addresses, threads, Redis) are
     /// reported, not silently ignored.
     pub fn apply(&self, new: RuntimeConfig) {
@@ -111,8 +113,12 @@ impl Shared {
         self.keys
             .update_config(new.jwks.clone(), new.static_realms.clone());
         self.verifier.update_settings(new.verify.clone());
+        let catalog_changed = old.catalog.fingerprint() != new.catalog.fingerprint();
+        drop(old);
         self.config.store(Arc::new(new));
-        self.grants.clear();
+        if catalog_changed {
+            self.grants.clear();
+        }
     }
 
     /// Installs a new file config, merged with the run-time tenants, and swaps it in.

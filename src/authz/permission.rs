@@ -417,6 +417,19 @@ impl Catalog {
         self.epoch
     }
 
+    /// A hash of what the ids mean: the scopes and every interned resource and action, in id
+    /// order. Two catalogs with one fingerprint give every grant string the same compiled
+    /// form, so sets compiled with either are interchangeable (a reload that changed nothing
+    /// here need not drop them). Deterministic within a build, not a security boundary.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.scopes.names.hash(&mut h);
+        self.resources.names.hash(&mut h);
+        self.actions.names.hash(&mut h);
+        h.finish()
+    }
+
     /// Config load: a route's permission. Must be concrete.
     pub fn intern_required(&mut self, input: &str) -> Result<RequiredPermission, PermissionError> {
         let p = parse_permission(input)?;

@@ -30,6 +30,9 @@ pub struct RoleMap {
     roles: HashMap<Box<str>, Arc<[Grant]>, ahash::RandomState>,
     /// Epoch of the catalog whose ids the grants use (0 for the empty default map).
     epoch: u64,
+    /// Hash of the finished catalog's fingerprint and this map's contents ([`RoleMap::seal`]):
+    /// what a set compiled from this map depends on besides the caller's own inputs.
+    content_epoch: u64,
 }
 
 /// `roles.viewer` for plain names, `roles."odd.name"` when the name would make the path
@@ -87,6 +90,7 @@ impl RoleMap {
                 .map(|(name, grants)| (name, Arc::from(grants)))
                 .collect(),
             epoch: catalog.epoch(),
+            content_epoch: 0,
         })
     }
 
@@ -123,7 +127,31 @@ impl RoleMap {
         Ok(RoleMap {
             roles,
             epoch: catalog.epoch(),
+            content_epoch: 0,
         })
+    }
+
+    /// Fixes [`RoleMap::content_epoch`] once `catalog` is complete (config load interns
+    /// tenant routes after the role maps, so it cannot be done at build).
+    pub fn seal(&mut self, catalog: &Catalog) {
+        use std::hash::{Hash, Hasher};
+        debug_assert!(self.same_catalog(catalog), "seal with a foreign catalog");
+        let mut entries: Vec<(&str, &[Grant])> =
+            self.roles.iter().map(|(n, g)| (&**n, &**g)).collect();
+        entries.sort_unstable_by_key(|(n, _)| *n);
+        let mut h = std::hash::DefaultHasher::new();
+        catalog.fingerprint().hash(&mut h);
+        entries.hash(&mut h);
+        // Never 0, so a sealed map is told apart from the unsealed default.
+        self.content_epoch = h.finish() | 1;
+    }
+
+    /// The permission-cache epoch of sets compiled from this map: equal across reloads
+    /// exactly when the catalog and this map's contents are, so an unchanged reload keeps its
+    /// cached sets and a changed one can never be served a set from before it (whichever
+    /// snapshot the compiling request held).
+    pub fn content_epoch(&self) -> u64 {
+        self.content_epoch
     }
 
     fn same_catalog(&self, catalog: &Catalog) -> bool {

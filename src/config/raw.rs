@@ -154,6 +154,10 @@ pub struct KeycloakSection {
     pub jwks_refresh: Duration,
     #[serde(default = "dur_10s", with = "humantime_serde")]
     pub jwks_min_refetch_interval: Duration,
+    /// Request-triggered repeat JWKS fetches (unknown `kid`, stale keys) per second, all
+    /// realms together (burst 2x).
+    #[serde(default = "default_refetches")]
+    pub jwks_refetches_per_second: u32,
     #[serde(default = "dur_24h", with = "humantime_serde")]
     pub jwks_max_stale: Duration,
     #[serde(default = "dur_5s", with = "humantime_serde")]
@@ -199,6 +203,9 @@ fn dur_24h() -> Duration {
 fn dur_5s() -> Duration {
     d(5)
 }
+fn default_refetches() -> u32 {
+    20
+}
 fn default_algs() -> Vec<String> {
     vec!["RS256".into()]
 }
@@ -220,6 +227,8 @@ pub struct DynamicRealmsSection {
     /// How long a realm the IdP does not know stays refused without asking again.
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// Never-seen dynamic realms admitted (and fetched) per second, process-wide (burst 2x).
+    pub per_second: u32,
 }
 
 impl Default for DynamicRealmsSection {
@@ -227,6 +236,7 @@ impl Default for DynamicRealmsSection {
         Self {
             max: 1000,
             negative_ttl: d(60),
+            per_second: 20,
         }
     }
 }

@@ -831,9 +831,14 @@ fn compile_authz(raw: &RawConfig, e: &mut Errors) -> Option<Authz> {
         };
         tenant_roles.push(overlay.map(Box::new));
     }
+    let mut roles = roles?;
+    roles.seal(&catalog);
+    for t in tenant_roles.iter_mut().flatten() {
+        t.seal(&catalog);
+    }
     Some(Authz {
         catalog,
-        roles: roles?,
+        roles,
         tenant_roles,
         routes: routes?,
         tenant_routes,
@@ -878,6 +883,8 @@ fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySetting
         load_wait: k.refetch_wait.max(Duration::from_secs(1)),
         negative_ttl: k.dynamic_realms.negative_ttl,
         max_dynamic_realms: k.dynamic_realms.max,
+        new_realms_per_second: k.dynamic_realms.per_second,
+        refetches_per_second: k.jwks_refetches_per_second,
         realm_overrides: Arc::new(overrides),
         ..JwksSettings::default()
     };
@@ -1070,6 +1077,20 @@ fn validate_keycloak(k: &raw::KeycloakSection, e: &mut Errors) {
     }
     if k.dynamic_realms.max == 0 {
         e.push("keycloak.dynamic_realms.max", "must be at least 1");
+    }
+    for (field, v) in [
+        (
+            "keycloak.dynamic_realms.per_second",
+            k.dynamic_realms.per_second,
+        ),
+        (
+            "keycloak.jwks_refetches_per_second",
+            k.jwks_refetches_per_second,
+        ),
+    ] {
+        if !(1..=10_000).contains(&v) {
+            e.push(field, "must be between 1 and 10000");
+        }
     }
     for (realm, o) in &k.realms {
         let p = format!("keycloak.realms.{realm}");

@@ -24,7 +24,8 @@ pub fn grant_key_sub<'a>(grants: &GrantStore<PermissionSet>, identity: &'a Ident
 }
 
 /// Everything the caller's set depends on: tenant, user (when Redis holds user grants), roles,
-/// the token's permission claim and the catalog it is compiled against.
+/// the token's permission claim, and the catalog and role map it is compiled against (as one
+/// content hash: [`crate::authz::RoleMap::content_epoch`]).
 pub fn grant_key<'a>(
     grants: &GrantStore<PermissionSet>,
     cfg: &RuntimeConfig,
@@ -35,7 +36,7 @@ pub fn grant_key<'a>(
         tenant: &tenant.id,
         sub: grant_key_sub(grants, identity),
         roles: identity.all_roles(),
-        epoch: cfg.catalog.epoch(),
+        epoch: cfg.roles_for(tenant).content_epoch(),
         claim: &identity.permissions,
     }
 }

@@ -19,7 +19,11 @@ fn config() -> RuntimeConfig {
 
 /// The test config with another definition of the `viewer` role.
 fn config_with(viewer: &str) -> RuntimeConfig {
-    let yaml = format!(
+    crate::config::from_str(&config_yaml(viewer), &HashMap::new()).unwrap()
+}
+
+fn config_yaml(viewer: &str) -> String {
+    format!(
         r#"
 listen: {{proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}}
 upstream: {{default: "127.0.0.1:3"}}
@@ -36,8 +40,7 @@ routes:
   - {{path: "/users/{{id}}", methods: [GET], permission: users.read.own}}
   - {{path: "/users/{{id}}", methods: [DELETE], permission: users.delete.tenant}}
 "#
-    );
-    crate::config::from_str(&yaml, &HashMap::new()).unwrap()
+    )
 }
 
 struct Fixture {
@@ -93,6 +96,11 @@ fn request(method: &str, host: &str, target: &str, token: Option<&str>) -> Reque
 
 impl Fixture {
     async fn decide_traced(&self, req: &RequestHeader) -> (Decision, Vec<String>) {
+        self.decide_on(&self.cfg, req).await
+    }
+
+    /// Decides on another snapshot than the fixture's (a reload), with the same caches.
+    async fn decide_on(&self, cfg: &RuntimeConfig, req: &RequestHeader) -> (Decision, Vec<String>) {
         let deps = Deps {
             verifier: &self.verifier,
             grants: &self.grants,
@@ -103,7 +111,7 @@ impl Fixture {
             peer: None,
         };
         let mut trace = Recorded::default();
-        let d = decide(&self.cfg, deps, &input, &mut trace).await;
+        let d = decide(cfg, deps, &input, &mut trace).await;
         (d, trace.0)
     }
 
@@ -328,6 +336,46 @@ async fn a_set_compiled_from_a_replaced_snapshot_is_never_served_on_the_new_one(
     // The next request, on the new snapshot, is refused: the grant was revoked.
     let d = decide(&new, deps, &input, &mut NoTrace).await;
     assert_eq!(refusal(&d), (403, "forbidden", Stage::Permission));
+}
+
+/// Whether deciding `req` on `cfg` compiled a permission set (a grant-cache miss).
+async fn compiles(f: &Fixture, cfg: &RuntimeConfig, req: &RequestHeader) -> bool {
+    let (d, steps) = f.decide_on(cfg, req).await;
+    assert!(matches!(forward(&d).verdict, Verdict::Allow), "{steps:?}");
+    steps.iter().any(|s| s.starts_with("Grants"))
+}
+
+/// A reload (or tenant sync) that leaves the catalog and a tenant's roles as they were keeps
+/// that tenant's compiled sets: before, every apply flushed the whole cache (a Redis miss
+/// storm each minute). A reload that changes the roles still never serves an old set.
+#[tokio::test]
+async fn an_unchanged_reload_keeps_compiled_sets_and_a_changed_one_does_not() {
+    let f = fixture();
+    let viewer = f.token("tenant-acme", &["viewer"]);
+    let req = request("GET", "acme.test", "/users/7", Some(&viewer));
+    assert!(compiles(&f, &f.cfg, &req).await, "first sight compiles");
+    assert!(!compiles(&f, &f.cfg, &req).await, "then it is cached");
+    let same = config();
+    assert_ne!(same.catalog.epoch(), f.cfg.catalog.epoch(), "a new catalog");
+    assert!(
+        !compiles(&f, &same, &req).await,
+        "an identical reload keeps the set"
+    );
+    let changed = config_with("viewer: [\"users.read.own\", \"reports.read.own\"]");
+    assert!(
+        compiles(&f, &changed, &req).await,
+        "a changed role map compiles afresh"
+    );
+    // A new tenant (what a tenant sync adds) leaves the catalog and acme's roles alone.
+    let yaml = config_yaml("viewer: [\"users.read.own\"]").replace(
+        "tenants:\n",
+        "tenants:\n  - {id: newco, realm: tenant-newco, hosts: [new.test]}\n",
+    );
+    let grown = crate::config::from_str(&yaml, &HashMap::new()).unwrap();
+    assert!(
+        !compiles(&f, &grown, &req).await,
+        "a new tenant keeps the others' sets"
+    );
 }
 
 /// Two tokens of one user with the same roles but different permission claims never share

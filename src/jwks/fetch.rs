@@ -5,10 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde::Deserialize;
+use tracing::error;
 
 use super::realm::{FetchGuard, Realm};
 use super::settings::{JwksSettings, Source};
+use super::slots::{FetchKind, FetchSlots};
 use super::store::KeyStore;
 
 /// A key document as read, with the response's `max-age` if any.
@@ -213,24 +216,56 @@ async fn fetch_keys(
     }
 }
 
-/// Fetches (IdP requests or key-file reads) in flight at once. A gateway with 10 000 static
-/// realms must not open 10 000 connections to Keycloak at start (nor park 10 000 reads on the
-/// blocking pool, whose threads and malloc arenas outlive the burst); queued fetches wait here.
-pub const MAX_CONCURRENT_FETCHES: usize = 16;
-
+/// One fetch: waits for a slot of its kind, fetches, applies the result. A panic anywhere in
+/// it is caught and reported as a failed fetch of the same realm, so the refresher still
+/// reschedules the realm (with backoff) instead of leaving it unrefreshed.
 pub(super) async fn fetch_task(
     store: Arc<KeyStore>,
     client: Option<reqwest::Client>,
     realm: Arc<Realm>,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<FetchSlots>,
+    kind: FetchKind,
 ) -> (Arc<Realm>, Outcome) {
-    let _guard = FetchGuard(realm.clone());
-    // The semaphore is never closed; if it were, fetching unthrottled beats not fetching.
-    let _slot = slots.acquire().await.ok();
-    let settings = store.settings();
-    let res = fetch_keys(client.as_ref(), &settings, &realm).await;
-    let outcome = store.apply(&realm, res);
-    (realm, outcome)
+    let r = realm.clone();
+    let run = async move {
+        let _guard = FetchGuard(realm.clone());
+        let _slot = slots.acquire(kind).await;
+        #[cfg(test)]
+        testkit_panic::maybe_panic(realm.name());
+        let settings = store.settings();
+        let res = fetch_keys(client.as_ref(), &settings, &realm).await;
+        store.apply(&realm, res)
+    };
+    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(outcome) => (r, outcome),
+        Err(_) => {
+            error!(realm = %r.name, "JWKS fetch task panicked; retrying with backoff");
+            (r, Outcome::Failed)
+        }
+    }
+}
+
+/// Test hook: make the next fetch of a realm panic.
+#[cfg(test)]
+pub(crate) mod testkit_panic {
+    use parking_lot::Mutex;
+    use std::collections::HashSet;
+
+    static ARMED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    pub(crate) fn panic_next_fetch(realm: &str) {
+        ARMED
+            .lock()
+            .get_or_insert_with(HashSet::new)
+            .insert(realm.into());
+    }
+
+    pub(super) fn maybe_panic(realm: &str) {
+        let armed = ARMED.lock().as_mut().is_some_and(|s| s.remove(realm));
+        if armed {
+            panic!("injected fetch panic for {realm}");
+        }
+    }
 }
 
 #[cfg(test)]

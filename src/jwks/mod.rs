@@ -12,7 +12,10 @@
 //!   single-flight per realm and at most one per `min_refetch_interval`; never-seen dynamic
 //!   realms are admitted through a global token bucket and IdP 404s are negatively cached. A
 //!   flood of random kids or random subdomains therefore costs the IdP a bounded number of
-//!   requests per second, whatever the attacker's request rate.
+//!   requests per second, whatever the attacker's request rate. Claims are checked against
+//!   the realm's expected issuer before a never-seen realm is admitted, repeat fetches are
+//!   capped process-wide (`refetches_per_second`), and of the 16 fetch slots 4 are reserved
+//!   for the refresher's own schedule, so request-caused fetches never delay a rotation.
 //! - **Fail closed, degrade gracefully.** A failed refresh keeps the last-good keys for up to
 //!   `max_stale`; beyond that, or for a realm never loaded, requests get `realm_unavailable`
 //!   (503), never a pass.
@@ -31,30 +34,35 @@
 //!
 //! Layout: `alg` (accepted algorithms), `settings` (configuration and each realm's key
 //! source), `keys` (JWK parsing and key sets), `realm` (one realm's state), `store`
-//! (the [`KeyStore`] the request path reads), `fetch` (discovery and JWKS HTTP), `refresher`
-//! (the fetching task and its schedule). The store reports its refusals as its own `KeyError`;
+//! (the [`KeyStore`] the request path reads), `fetch` (discovery and JWKS HTTP), `slots`
+//! (fetch concurrency), `bucket` (rate bounds), `refresher` (the fetching task and its
+//! schedule). The store reports its refusals as its own `KeyError`;
 //! it imports nothing from `verify`.
 
 mod alg;
+mod bucket;
 mod error;
 mod fetch;
 mod keys;
 mod realm;
 mod refresher;
 mod settings;
+mod slots;
 mod store;
 #[cfg(test)]
 pub(crate) mod testkit;
 
 pub use alg::{Alg, AlgSet};
 pub(crate) use error::KeyError;
-pub use fetch::{parse_max_age, MAX_CONCURRENT_FETCHES};
+pub use fetch::parse_max_age;
 pub(crate) use keys::KeyRefusal;
 pub use keys::{PreparedKey, MAX_KEYS_PER_REALM};
 pub use refresher::{
     next_refresh_interval, JwksRefresher, BACKOFF_MAX, BACKOFF_START, MIN_MAX_AGE,
 };
+pub(crate) use settings::Expectation;
 pub use settings::{valid_realm_name, JwksSettings, RealmOverride};
+pub use slots::{MAX_CONCURRENT_FETCHES, RESERVED_FOR_SCHEDULE};
 pub use store::{
     key_store, key_store_with_clock, system_clock, Clock, KeyStore, RealmHealth, RealmInfo,
     NEGATIVE_CACHE_CAPACITY,

@@ -8,9 +8,8 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::alg::Alg;
 use super::keys::{KeySet, PreparedKey};
-use super::settings::RealmSpec;
+use super::settings::{Expectation, RealmSpec};
 
 pub(super) const NOT_LOADED: u8 = 0;
 pub(super) const LOADED: u8 = 1;
@@ -91,18 +90,14 @@ impl Realm {
         &self.spec.issuer
     }
 
-    /// Whether a token must name its key (`keycloak.realms.<r>.allow_missing_kid`).
-    pub(crate) fn requires_kid(&self) -> bool {
-        !self.spec.allow_missing_kid
-    }
-
-    /// Whether a token must be explicitly typed (`keycloak.realms.<r>.allow_missing_typ`).
-    pub(crate) fn requires_typ(&self) -> bool {
-        !self.spec.allow_missing_typ
-    }
-
-    pub(crate) fn allows(&self, alg: Alg) -> bool {
-        self.spec.algs.contains(alg)
+    /// The issuer and token policy tokens of this realm must match.
+    pub(crate) fn expectation(&self) -> Expectation {
+        Expectation {
+            issuer: self.spec.issuer.clone(),
+            algs: self.spec.algs,
+            allow_missing_kid: self.spec.allow_missing_kid,
+            allow_missing_typ: self.spec.allow_missing_typ,
+        }
     }
 
     pub(super) fn is_static(&self) -> bool {

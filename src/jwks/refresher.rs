@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::fetch::{build_client, fetch_task, Outcome, MAX_CONCURRENT_FETCHES};
+use super::fetch::{build_client, fetch_task, Outcome};
 use super::realm::{Realm, LOADED};
+use super::slots::{FetchKind, FetchSlots};
 use super::store::{Cmd, KeyStore};
 
 /// First retry delay after a failed refresh; doubles up to [`BACKOFF_MAX`].
@@ -71,6 +72,25 @@ impl Schedule {
     }
 }
 
+type Tasks = JoinSet<(Arc<Realm>, Outcome)>;
+
+fn spawn(
+    tasks: &mut Tasks,
+    store: &Arc<KeyStore>,
+    client: &Option<reqwest::Client>,
+    realm: Arc<Realm>,
+    slots: &Arc<FetchSlots>,
+    kind: FetchKind,
+) {
+    tasks.spawn(fetch_task(
+        store.clone(),
+        client.clone(),
+        realm,
+        slots.clone(),
+        kind,
+    ));
+}
+
 /// Marks a realm's fetch as started by the refresher itself; false if one is in flight.
 fn claim(realm: &Realm) -> bool {
     let mut gate = realm.gate.lock();
@@ -108,19 +128,21 @@ impl JwksRefresher {
                 None
             }
         };
-        let mut tasks: JoinSet<(Arc<Realm>, Outcome)> = JoinSet::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES));
+        let mut tasks: Tasks = JoinSet::new();
+        let slots = Arc::new(FetchSlots::default());
         let mut sched = Schedule::default();
         let statics = store.static_list();
         info!(realms = statics.len(), "loading static realms");
         for realm in statics {
             if claim(&realm) {
-                tasks.spawn(fetch_task(
-                    store.clone(),
-                    client.clone(),
+                spawn(
+                    &mut tasks,
+                    &store,
+                    &client,
                     realm,
-                    slots.clone(),
-                ));
+                    &slots,
+                    FetchKind::Scheduled,
+                );
             }
         }
         while !tasks.is_empty() {
@@ -148,7 +170,7 @@ impl JwksRefresher {
                 _ = shutdown.changed() => break,
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Fetch(realm)) => {
-                        tasks.spawn(fetch_task(store.clone(), client.clone(), realm, slots.clone()));
+                        spawn(&mut tasks, &store, &client, realm, &slots, FetchKind::OnDemand);
                     }
                     None => break,
                 },
@@ -158,7 +180,7 @@ impl JwksRefresher {
                         if realm.is_static() && realm.state() != LOADED
                             && !sched.entries.contains_key(realm.name()) && claim(&realm)
                         {
-                            tasks.spawn(fetch_task(store.clone(), client.clone(), realm, slots.clone()));
+                            spawn(&mut tasks, &store, &client, realm, &slots, FetchKind::Scheduled);
                         }
                     }
                 }
@@ -176,7 +198,7 @@ impl JwksRefresher {
                                     e.due = now + Duration::from_secs(3600);
                                 }
                                 if claim(&realm) {
-                                    tasks.spawn(fetch_task(store.clone(), client.clone(), realm, slots.clone()));
+                                    spawn(&mut tasks, &store, &client, realm, &slots, FetchKind::Scheduled);
                                 }
                             }
                             _ => { sched.entries.remove(&name); }
@@ -196,7 +218,9 @@ impl JwksRefresher {
         let (realm, outcome) = match res {
             Ok(r) => r,
             Err(e) => {
-                error!(error = %e, "JWKS fetch task failed");
+                // Only cancellation gets here: `fetch_task` turns its own panics into a failed
+                // outcome for its realm, which is rescheduled below like any failure.
+                error!(error = %e, "JWKS fetch task cancelled");
                 return;
             }
         };
@@ -319,6 +343,22 @@ mod tests {
         assert!(wait_until(|| async { store.static_realms_ready() }).await);
         assert!(store.not_ready_realms().is_empty());
         task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_fetch_is_retried_with_backoff() {
+        // Fails before the fix: the JoinError dropped the realm from the schedule, so a
+        // static realm whose first fetch panicked stayed without keys.
+        let idp = Idp::start().await;
+        idp.set_keys("r-panic", vec![rsa_a().jwk("k1")]);
+        crate::jwks::fetch::testkit_panic::panic_next_fetch("r-panic");
+        let (store, _stop) = start_store(test_settings(&idp.base), &["r-panic"], system_clock());
+        assert!(wait_until(|| async { store.static_realms_ready() }).await);
+        assert!(store
+            .lookup("r-panic")
+            .unwrap()
+            .find_key(Some("k1"))
+            .is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,10 @@ pub struct JwksSettings {
     /// burst 2x). This, not the attacker's request rate, bounds what random subdomains cost
     /// the IdP.
     pub new_realms_per_second: u32,
+    /// Request-triggered repeat fetches (unknown `kid`, stale keys) of held realms per second,
+    /// process-wide (default 20, burst 2x). Per-realm spacing (`min_refetch_interval`) alone
+    /// would let plausible forged tokens refetch every one of 10 000 realms each interval.
+    pub refetches_per_second: u32,
     /// Shared: the config and the key store hold the same map (10 000 realms, ~2 MiB).
     pub realm_overrides: Arc<HashMap<String, RealmOverride>>,
 }
@@ -78,6 +82,7 @@ impl Default for JwksSettings {
             negative_ttl: Duration::from_secs(60),
             max_dynamic_realms: 1000,
             new_realms_per_second: 20,
+            refetches_per_second: 20,
             realm_overrides: Arc::default(),
         }
     }
@@ -120,12 +125,42 @@ fn default_issuer(base_url: &str, realm: &str) -> String {
     format!("{}/realms/{}", base_url.trim_end_matches('/'), realm)
 }
 
-pub(super) fn spec_for(settings: &JwksSettings, realm: &str) -> RealmSpec {
+/// What a token of a realm must match before any key is looked at: its issuer and token
+/// policy. Derived without the key source, so the verifier can check a token's claims for a
+/// realm that is not held yet (before it costs an admission or a fetch).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Expectation {
+    pub(crate) issuer: Arc<str>,
+    pub(crate) algs: AlgSet,
+    pub(crate) allow_missing_kid: bool,
+    pub(crate) allow_missing_typ: bool,
+}
+
+impl Expectation {
+    pub(crate) fn allows(&self, alg: Alg) -> bool {
+        self.algs.contains(alg)
+    }
+}
+
+pub(super) fn expectation_for(settings: &JwksSettings, realm: &str) -> Expectation {
     let ov = settings.realm_overrides.get(realm);
     let issuer = ov
         .and_then(|o| o.issuer.clone())
         .unwrap_or_else(|| default_issuer(&settings.base_url, realm));
-    let source = match ov {
+    Expectation {
+        issuer: issuer.into(),
+        algs: AlgSet::from_slice(
+            ov.and_then(|o| o.algorithms.as_deref())
+                .unwrap_or(&settings.algorithms),
+        ),
+        allow_missing_kid: ov.is_some_and(|o| o.allow_missing_kid),
+        allow_missing_typ: ov.is_some_and(|o| o.allow_missing_typ),
+    }
+}
+
+pub(super) fn spec_for(settings: &JwksSettings, realm: &str) -> RealmSpec {
+    let e = expectation_for(settings, realm);
+    let source = match settings.realm_overrides.get(realm) {
         Some(RealmOverride {
             jwks_file: Some(path),
             ..
@@ -136,19 +171,15 @@ pub(super) fn spec_for(settings: &JwksSettings, realm: &str) -> RealmSpec {
         }) => Source::JwksUri(uri.clone()),
         _ => Source::Discovery(format!(
             "{}/.well-known/openid-configuration",
-            issuer.trim_end_matches('/')
+            e.issuer.trim_end_matches('/')
         )),
     };
-    let algs = AlgSet::from_slice(
-        ov.and_then(|o| o.algorithms.as_deref())
-            .unwrap_or(&settings.algorithms),
-    );
     RealmSpec {
-        issuer: issuer.into(),
+        issuer: e.issuer,
         source,
-        algs,
-        allow_missing_kid: ov.is_some_and(|o| o.allow_missing_kid),
-        allow_missing_typ: ov.is_some_and(|o| o.allow_missing_typ),
+        algs: e.algs,
+        allow_missing_kid: e.allow_missing_kid,
+        allow_missing_typ: e.allow_missing_typ,
     }
 }
 

@@ -11,12 +11,13 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
+use super::bucket::TokenBucket;
 use super::error::KeyError;
 use super::fetch::{FetchError, Fetched, Outcome};
 use super::keys::{build_key_set, PreparedKey};
 use super::realm::{state_name, Realm, FAILED, LOADED, NOT_FOUND, REFUSED};
 use super::refresher::JwksRefresher;
-use super::settings::{spec_for, valid_realm_name, JwksSettings};
+use super::settings::{expectation_for, spec_for, valid_realm_name, Expectation, JwksSettings};
 use crate::metrics::{metrics, OTHER};
 
 /// Seconds since the Unix epoch; injectable so expiry and staleness tests are deterministic.
@@ -40,39 +41,6 @@ const CMD_QUEUE: usize = 1024;
 struct RealmMap {
     map: HashMap<Arc<str>, Arc<Realm>, ahash::RandomState>,
     dynamic: usize,
-}
-
-/// Token bucket for admitting never-seen dynamic realms.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(per_second: u32) -> Self {
-        let rate = f64::from(per_second);
-        let burst = (rate * 2.0).max(1.0);
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Work for the refresher.
@@ -114,7 +82,11 @@ pub struct KeyStore {
     /// Realms the IdP said it doesn't know: name -> clock second until which that holds.
     /// Bound: [`NEGATIVE_CACHE_CAPACITY`] names, CLOCK-Pro eviction; TTL checked on read.
     negative: quick_cache::sync::Cache<Box<str>, u64>,
-    limiter: Mutex<TokenBucket>,
+    /// Never-seen dynamic realms admitted (`new_realms_per_second`).
+    admissions: Mutex<TokenBucket>,
+    /// Request-triggered repeat fetches of held realms (`refetches_per_second`): per-realm
+    /// spacing alone lets forged-but-plausible tokens refetch every realm once per interval.
+    refetches: Mutex<TokenBucket>,
     cmd: mpsc::Sender<Cmd>,
     pub(super) reconcile: Notify,
     clock: Clock,
@@ -147,7 +119,14 @@ pub fn key_store_with_clock(
     }
     let store = Arc::new(KeyStore {
         max_stale_secs: AtomicU64::new(settings.max_stale.as_secs()),
-        limiter: Mutex::new(TokenBucket::new(settings.new_realms_per_second)),
+        admissions: Mutex::new(TokenBucket::new(
+            settings.new_realms_per_second,
+            Instant::now(),
+        )),
+        refetches: Mutex::new(TokenBucket::new(
+            settings.refetches_per_second,
+            Instant::now(),
+        )),
         settings: ArcSwap::from_pointee(settings),
         realms: ArcSwap::from_pointee(map),
         write: Mutex::new(()),
@@ -183,10 +162,16 @@ impl KeyStore {
 
     /// The issuer tokens of `realm` must carry (override or `{base_url}/realms/{realm}`).
     pub fn issuer_for(&self, realm: &str) -> Arc<str> {
-        if let Some(r) = self.realms.load().map.get(realm) {
-            return r.issuer().clone();
+        self.expectation(realm).issuer
+    }
+
+    /// What a token for `name` must match: the held realm's issuer and policy, or what a
+    /// never-seen realm of that name would be admitted with. Admits nothing.
+    pub(crate) fn expectation(&self, name: &str) -> Expectation {
+        if let Some(r) = self.realms.load().map.get(name) {
+            return r.expectation();
         }
-        spec_for(&self.settings.load(), realm).issuer
+        expectation_for(&self.settings.load(), name)
     }
 
     /// Runs `f` on the realm's current entry without cloning anything (cache-hit path).
@@ -265,7 +250,11 @@ impl KeyStore {
         if settings.max_dynamic_realms == 0 {
             return Err(KeyError::UnknownTenant);
         }
-        if !self.limiter.lock().try_take(Instant::now()) {
+        if !self.admissions.lock().try_take(Instant::now()) {
+            metrics()
+                .jwks_fetch_denied_total
+                .with_label_values(&["admission_rate"])
+                .inc();
             debug!(realm = %name, "dynamic realm admission rate exceeded");
             return Err(KeyError::RealmUnavailable {
                 retry_after_secs: 1,
@@ -345,6 +334,15 @@ impl KeyStore {
                     let since = started.elapsed();
                     if since < settings.min_refetch_interval {
                         return Waited::Denied(secs_ceil(settings.min_refetch_interval - since));
+                    }
+                    // A repeat fetch (not the realm's first): bounded process-wide too.
+                    if !self.refetches.lock().try_take(Instant::now()) {
+                        metrics()
+                            .jwks_fetch_denied_total
+                            .with_label_values(&["refetch_rate"])
+                            .inc();
+                        debug!(realm = %realm.name, "request-triggered refetch rate exceeded");
+                        return Waited::Denied(1);
                     }
                 }
                 if self.cmd.try_send(Cmd::Fetch(realm.clone())).is_err() {
@@ -447,8 +445,22 @@ impl KeyStore {
             self.forget(&victim);
         }
         self.realms.store(Arc::new(next));
-        self.negative.clear();
-        *self.limiter.lock() = TokenBucket::new(settings.new_realms_per_second);
+        // Only what changed: the negative cache holds the IdP's answers for realm names under
+        // this base URL and these overrides; the buckets keep their state unless their rate
+        // changed (a tenant-sync or file reload must not hand out a fresh burst).
+        let old = self.settings.load();
+        if old.base_url != settings.base_url || old.realm_overrides != settings.realm_overrides {
+            self.negative.clear();
+        }
+        if old.new_realms_per_second != settings.new_realms_per_second {
+            *self.admissions.lock() =
+                TokenBucket::new(settings.new_realms_per_second, Instant::now());
+        }
+        if old.refetches_per_second != settings.refetches_per_second {
+            *self.refetches.lock() =
+                TokenBucket::new(settings.refetches_per_second, Instant::now());
+        }
+        drop(old);
         self.max_stale_secs
             .store(settings.max_stale.as_secs(), Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
@@ -719,20 +731,6 @@ mod tests {
     use crate::jwks::testkit::*;
     use crate::jwks::{Alg, RealmOverride};
 
-    #[test]
-    fn token_bucket_admits_rate_and_burst() {
-        let mut b = TokenBucket::new(2);
-        let t0 = Instant::now();
-        assert_eq!(
-            (0..10).filter(|_| b.try_take(t0)).count(),
-            4,
-            "burst is 2x rate"
-        );
-        assert!(!b.try_take(t0 + Duration::from_millis(100)));
-        assert!(b.try_take(t0 + Duration::from_millis(700)));
-        assert!(!b.try_take(t0 + Duration::from_millis(700)));
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idp_failure_keeps_last_good_keys_and_counts_errors() {
         let idp = Idp::start().await;
@@ -891,6 +889,53 @@ mod tests {
             .count();
         assert_eq!(limited, 4, "burst of 2, then 1/s: {results:?}");
         assert_eq!(idp.total_hits(), 2, "only admitted realms reach the IdP");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unchanged_reload_keeps_the_admission_budget_and_the_negative_cache() {
+        // Fails before the fix: every apply (tenant sync, once a minute) reset both, handing
+        // a flood of random subdomains a fresh burst and forgetting the IdP's 404s.
+        let idp = Idp::start().await;
+        let mut settings = test_settings(&idp.base);
+        settings.new_realms_per_second = 1;
+        let (store, _stop) = start_store(settings.clone(), &[], system_clock());
+        for i in 0..2 {
+            assert_eq!(
+                store.realm(&format!("gone-{i}")).await.unwrap_err(),
+                KeyError::UnknownTenant,
+                "the IdP does not know it"
+            );
+        }
+        let hits = idp.total_hits();
+        store.update_config(settings.clone(), vec![]);
+        assert!(
+            matches!(
+                store.realm("gone-9").await.unwrap_err(),
+                KeyError::RealmUnavailable { .. }
+            ),
+            "the budget was spent and an unchanged reload does not refill it"
+        );
+        assert_eq!(
+            store.realm("gone-0").await.unwrap_err(),
+            KeyError::UnknownTenant
+        );
+        assert_eq!(idp.total_hits(), hits, "the 404 is still remembered");
+        // A changed rate, or a changed base URL, does start afresh.
+        let mut faster = settings.clone();
+        faster.new_realms_per_second = 50;
+        store.update_config(faster.clone(), vec![]);
+        assert_eq!(
+            store.realm("gone-9").await.unwrap_err(),
+            KeyError::UnknownTenant
+        );
+        let hits = idp.total_hits();
+        faster.base_url = format!("{}/", faster.base_url);
+        store.update_config(faster, vec![]);
+        assert_eq!(
+            store.realm("gone-0").await.unwrap_err(),
+            KeyError::UnknownTenant
+        );
+        assert!(idp.total_hits() > hits, "a new base URL asks the IdP again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,11 +45,11 @@ use serde::de::DeserializeSeed;
 use tracing::debug;
 
 use self::cache::{sig_tail, Cached, Proof, TokenCache};
-use self::claims::{check_claims, ClaimsSeed};
+use self::claims::{check_claims, Claims, ClaimsSeed};
 use self::identity::build_identity;
 use self::jose::{b64_decode, b64_decode_into, JoseHeader, MAX_HEADER_BYTES, MAX_SIGNATURE_BYTES};
 use self::settings::Policy;
-use crate::jwks::{Alg, KeyRefusal, KeyStore};
+use crate::jwks::{Alg, Expectation, KeyRefusal, KeyStore};
 use crate::metrics::metrics;
 
 pub use self::error::AuthError;
@@ -231,13 +231,6 @@ impl Verifier {
         // `none`, HS*, and anything unknown end here, before any key is looked at.
         let alg = Alg::from_name(&alg_name.0).ok_or(AuthError::AlgNotAllowed)?;
 
-        let realm = self.keys.realm(realm_name).await?;
-        if !realm.allows(alg) {
-            return Err(AuthError::AlgNotAllowed);
-        }
-        if header.kid.is_none() && realm.requires_kid() {
-            return Err(AuthError::MissingKeyId);
-        }
         let payload = b64_decode(payload_b64)?;
         // One fast UTF-8 pass here lets serde_json skip validating every string it borrows.
         let payload = std::str::from_utf8(&payload).map_err(|_| AuthError::MalformedToken)?;
@@ -246,22 +239,25 @@ impl Verifier {
             .deserialize(&mut de)
             .and_then(|c| de.end().map(|()| c))
             .map_err(|_| AuthError::MalformedToken)?;
-        check_claims(&claims, &policy, realm.issuer(), self.keys.now())?;
-        let header_typed = header
-            .typ
-            .as_ref()
-            .is_some_and(|t| t.0.eq_ignore_ascii_case("at+jwt"));
-        if claims.typ.is_none() && !header_typed && realm.requires_typ() {
-            return Err(AuthError::WrongTokenType);
+        // Every check that needs no key runs before the realm is touched: a token that could
+        // not verify never admits a never-seen realm nor queues a fetch.
+        let now = self.keys.now();
+        let expected = self.keys.expectation(realm_name);
+        pre_key_checks(&header, alg, &claims, &policy, &expected, now)?;
+        let realm = self.keys.realm(realm_name).await?;
+        if !Arc::ptr_eq(realm.issuer(), &expected.issuer) {
+            // Admitted just now, or replaced by a reload meanwhile: check against what is held.
+            pre_key_checks(&header, alg, &claims, &policy, &realm.expectation(), now)?;
         }
 
-        let kid = header.kid.as_ref().map(|k| &*k.0);
-        let key = self.keys.key(&realm, kid).await?;
+        // A signature that cannot be one is refused before an unknown kid can cause a fetch.
         if sig_b64.is_empty() {
             return Err(AuthError::BadSignature);
         }
         let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
         let sig = b64_decode_into(sig_b64, &mut sig_buf)?;
+        let kid = header.kid.as_ref().map(|k| &*k.0);
+        let key = self.keys.key(&realm, kid).await?;
         key.verify(alg, signing_input.as_bytes(), sig)
             .map_err(|r| match r {
                 KeyRefusal::WrongAlg => AuthError::AlgNotAllowed,
@@ -281,6 +277,33 @@ impl Verifier {
         }
         Ok(Arc::new(identity))
     }
+}
+
+/// The checks that need no key: algorithm, `kid` presence, claims (issuer, time, audience,
+/// subject) and explicit typing, against what the realm expects. Pure.
+fn pre_key_checks(
+    header: &JoseHeader<'_>,
+    alg: Alg,
+    claims: &Claims<'_>,
+    policy: &Policy,
+    expected: &Expectation,
+    now: u64,
+) -> Result<(), AuthError> {
+    if !expected.allows(alg) {
+        return Err(AuthError::AlgNotAllowed);
+    }
+    if header.kid.is_none() && !expected.allow_missing_kid {
+        return Err(AuthError::MissingKeyId);
+    }
+    check_claims(claims, policy, &expected.issuer, now)?;
+    let header_typed = header
+        .typ
+        .as_ref()
+        .is_some_and(|t| t.0.eq_ignore_ascii_case("at+jwt"));
+    if claims.typ.is_none() && !header_typed && !expected.allow_missing_typ {
+        return Err(AuthError::WrongTokenType);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -681,6 +704,92 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_that_cannot_verify_never_admit_a_realm() {
+        // Fails before the fix: the realm was admitted (and its first fetch queued) before
+        // the claims were read, so junk tokens drained the admission budget.
+        let e = env_with(
+            &[("v-new", vec![rsa_a().jwk("k1")])],
+            &[],
+            |s| s.new_realms_per_second = 1,
+            vs(),
+        )
+        .await;
+        let good = e.claims("v-new");
+        let mut wrong_iss = good.clone();
+        wrong_iss["iss"] = json!(e.iss("v-other"));
+        let mut expired = good.clone();
+        expired["exp"] = json!(e.now() - 3600);
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = json!("someone-else");
+        let mut no_sub = good.clone();
+        no_sub.as_object_mut().unwrap().remove("sub");
+        let mut untyped = good.clone();
+        untyped.as_object_mut().unwrap().remove("typ");
+        for (c, want) in [
+            (&wrong_iss, AuthError::IssuerMismatch),
+            (&expired, AuthError::TokenExpired),
+            (&wrong_aud, AuthError::AudienceMismatch),
+            (&no_sub, AuthError::MissingSubject),
+            (&untyped, AuthError::WrongTokenType),
+        ] {
+            for _ in 0..5 {
+                let t = mint(&rsa_a(), Some("k1"), c);
+                assert_eq!(e.verify("v-new", &t).await.unwrap_err(), want);
+            }
+        }
+        let kidless = mint(&rsa_a(), None, &good);
+        assert_eq!(
+            e.verify("v-new", &kidless).await.unwrap_err(),
+            AuthError::MissingKeyId
+        );
+        assert_eq!(e.idp.total_hits(), 0, "nothing reached the IdP");
+        assert!(e.keys.describe().is_empty(), "no realm was admitted");
+        // The admission budget (burst 2) is intact for the first plausible token.
+        assert!(e
+            .verify("v-new", &mint(&rsa_a(), Some("k1"), &good))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_kid_refetches_are_capped_across_realms() {
+        // Per-realm spacing alone let plausible forged tokens refetch every realm once per
+        // interval; the process-wide bucket (1/s, burst 2) stops the third realm's refetch.
+        let realms: Vec<(&str, Vec<serde_json::Value>)> = ["v-c1", "v-c2", "v-c3"]
+            .into_iter()
+            .map(|r| (r, vec![rsa_a().jwk("k1")]))
+            .collect();
+        let e = env_with(
+            &realms,
+            &["v-c1", "v-c2", "v-c3"],
+            |s| {
+                s.refetches_per_second = 1;
+                s.min_refetch_interval = Duration::from_millis(1);
+            },
+            vs(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let denied = || {
+            metrics()
+                .jwks_fetch_denied_total
+                .with_label_values(&["refetch_rate"])
+                .get()
+        };
+        let before = (e.idp.total_hits(), denied());
+        for r in ["v-c1", "v-c2", "v-c3"] {
+            let t = mint(&rsa_a(), Some("forged-kid"), &e.claims(r));
+            assert_eq!(e.verify(r, &t).await.unwrap_err(), AuthError::UnknownKey);
+        }
+        assert_eq!(
+            e.idp.hits("certs", "v-c1") + e.idp.hits("certs", "v-c2") + e.idp.hits("certs", "v-c3"),
+            3 + 2,
+            "the start-up loads, then two refetches: the third was refused"
+        );
+        assert!(denied() > before.1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idp_down_known_keys_keep_working_until_max_stale() {
         let e = env_with(
             &[("v-down", vec![rsa_a().jwk("k1")])],
@@ -692,7 +801,10 @@ mod tests {
             vs(),
         )
         .await;
-        let cached = mint(&rsa_a(), Some("k1"), &e.claims("v-down"));
+        // Tokens that outlive max_stale, so only the keys' age can refuse them.
+        let mut c = e.claims("v-down");
+        c["exp"] = json!(e.now() + 7200);
+        let cached = mint(&rsa_a(), Some("k1"), &c);
         e.verify("v-down", &cached).await.unwrap();
         e.idp.set_mode("v-down", Mode::Fail);
         assert!(
@@ -704,7 +816,6 @@ mod tests {
             })
             .await
         );
-        let mut c = e.claims("v-down");
         c["jti"] = json!("fresh");
         let fresh = mint(&rsa_a(), Some("k1"), &c);
         assert!(
