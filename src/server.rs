@@ -12,7 +12,7 @@ use pingora::server::{
 };
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::admin::AdminApp;
 use crate::config::RuntimeConfig;
@@ -72,32 +72,48 @@ pub fn build_server(
     server.bootstrap();
 
     let phases = server.watch_execution_phase();
+    let (after_drain_tx, after_drain) = watch::channel(false);
     server.add_service(background_service(
         "lifecycle",
         LifecycleWatcher {
             shared: shared.clone(),
             phases: Mutex::new(Some(phases)),
+            after_drain: after_drain_tx,
         },
     ));
 
     // Every JWKS fetch happens on this service's runtime (reqwest clients are runtime-bound).
-    server.add_service(background_service("jwks refresher", refresher));
+    // The services the request path depends on run until the drain is over, not until the
+    // signal: requests still in flight may wait on a key refetch or need an invalidation.
+    server.add_service(background_service(
+        "jwks refresher",
+        UntilDrained {
+            inner: refresher,
+            stop: after_drain.clone(),
+        },
+    ));
     if redis_configured {
         server.add_service(background_service(
             "redis invalidation subscriber",
-            crate::grants::GrantSubscriber(shared.grants.clone()),
+            UntilDrained {
+                inner: crate::grants::GrantSubscriber(shared.grants.clone()),
+                stop: after_drain.clone(),
+            },
         ));
     }
     if let Some((url, key, channel)) = tenant_sync {
         server.add_service(background_service(
             "runtime tenants",
-            crate::tenant_sync::TenantSync {
-                shared: shared.clone(),
-                url,
-                key,
-                channel,
-                resync: std::time::Duration::from_secs(60),
-                last_applied: Default::default(),
+            UntilDrained {
+                inner: crate::tenant_sync::TenantSync {
+                    shared: shared.clone(),
+                    url,
+                    key,
+                    channel,
+                    resync: std::time::Duration::from_secs(60),
+                    last_applied: Default::default(),
+                },
+                stop: after_drain,
             },
         ));
     }
@@ -141,10 +157,12 @@ pub fn build_server(
 }
 
 /// Turns Pingora's execution phases into the readiness signal: once graceful termination
-/// starts, `/readyz` fails so load balancers stop sending before the listener closes.
+/// starts, `/readyz` fails so load balancers stop sending before the listener closes. It
+/// also says when the drain is over (the runtimes are being shut down), for [`UntilDrained`].
 struct LifecycleWatcher {
     shared: Arc<Shared>,
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    after_drain: watch::Sender<bool>,
 }
 
 #[async_trait]
@@ -153,22 +171,57 @@ impl BackgroundService for LifecycleWatcher {
         let Some(mut rx) = self.phases.lock().take() else {
             return;
         };
+        let mut signalled = false;
         loop {
             tokio::select! {
                 phase = rx.recv() => match phase {
                     Ok(ExecutionPhase::GracefulTerminate
                         | ExecutionPhase::GracefulUpgradeTransferringFds
                         | ExecutionPhase::GracefulUpgradeCloseTimeout
-                        | ExecutionPhase::ShutdownStarted) => self.shared.set_draining(),
+                        | ExecutionPhase::ShutdownStarted
+                        | ExecutionPhase::ShutdownGracePeriod) => self.shared.set_draining(),
+                    Ok(ExecutionPhase::ShutdownRuntimes) => break,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                _ = shutdown.changed() => {
-                    self.shared.set_draining();
-                    break;
+                changed = shutdown.changed(), if !signalled => {
+                    // The signal starts the drain; in-flight requests still run.
+                    signalled = true;
+                    if changed.is_ok() {
+                        self.shared.set_draining();
+                    }
                 }
             }
         }
+        self.shared.set_draining();
+        let _ = self.after_drain.send(true);
+    }
+}
+
+/// Runs a background service until the drain is over instead of until the shutdown signal.
+/// Pingora flips every service's shutdown watch at SIGTERM and only then lets in-flight
+/// requests finish for `grace_period`; a JWKS refresher or Redis subscriber that stopped at
+/// the signal would fail exactly those requests (a refetch they wait on is cancelled, an
+/// invalidation is missed).
+struct UntilDrained<S> {
+    inner: S,
+    stop: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl<S: BackgroundService + Send + Sync> BackgroundService for UntilDrained<S> {
+    async fn start_with_ready_notifier(
+        &self,
+        _shutdown: ShutdownWatch,
+        ready: pingora::services::ServiceReadyNotifier,
+    ) {
+        self.inner
+            .start_with_ready_notifier(self.stop.clone(), ready)
+            .await;
+    }
+
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.inner.start(self.stop.clone()).await;
     }
 }
 

@@ -385,6 +385,45 @@ async fn sigterm_drains_in_flight_requests() {
     stopper.join().unwrap();
 }
 
+/// A request waiting on a key refetch when SIGTERM arrives still gets its answer: the JWKS
+/// refresher (and the Redis subscriber) run until the drain is over. Before, they stopped at
+/// the signal, the refetch was cancelled and the request was refused `unknown_key`.
+#[tokio::test]
+async fn sigterm_keeps_the_refresher_until_the_drain_is_over() {
+    let kc = MockKeycloak::start().await;
+    let old = SigningKey::rsa("old-1");
+    kc.set_keys("tenant-acme", &[&old]);
+    let up = Upstream::start().await;
+    let yaml = template(&kc.base(), "").replace(
+        "require_keys_for_ready: false}",
+        "require_keys_for_ready: false, jwks_min_refetch_interval: 100ms, refetch_wait: 5s}",
+    );
+    let mut gw = Gateway::start(&yaml, up.addr);
+    until(|| gw.shared.not_ready_reasons().is_empty(), "keys loaded").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The realm rotates; its IdP answers one second late.
+    let new = SigningKey::rsa("new-1");
+    kc.set_keys("tenant-acme", &[&old, &new]);
+    kc.set_mode(common::idp::Mode::Slow);
+    let hits = kc.jwks_hits("tenant-acme");
+    let token = new.sign(&claims(&kc.base(), "tenant-acme", "u-1", &["tenant_admin"]));
+    let url = gw.url("/api/v1/users/7");
+    let waiting = tokio::spawn(async move { delete_status(&url, ACME, &token).await });
+    // SIGTERM lands while the refetch the request waits on is at the IdP.
+    until(
+        || kc.jwks_hits("tenant-acme") > hits,
+        "the refetch reached the IdP",
+    )
+    .await;
+    let stopper = std::thread::spawn(move || gw.stop_with(ShutdownSignal::GracefulTerminate));
+    assert_eq!(
+        waiting.await.unwrap(),
+        200,
+        "the refetch finished during the drain"
+    );
+    stopper.join().unwrap();
+}
+
 #[tokio::test]
 async fn shadow_mode_passes_and_counts() {
     let (kc, key, up, gw) = acme_gateway().await;
@@ -510,8 +549,12 @@ const ACME: &str = "acme.qa.example.com";
 
 /// `DELETE /api/v1/users/7` on `host` with `token`; the status.
 async fn delete_user(gw: &Gateway, host: &str, token: &str) -> u16 {
+    delete_status(&gw.url("/api/v1/users/7"), host, token).await
+}
+
+async fn delete_status(url: &str, host: &str, token: &str) -> u16 {
     client()
-        .delete(gw.url("/api/v1/users/7"))
+        .delete(url)
         .header("host", host)
         .header("authorization", format!("Bearer {token}"))
         .send()

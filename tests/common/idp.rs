@@ -85,6 +85,8 @@ pub enum Mode {
     Normal,
     Fail500,
     Hang,
+    /// Answer normally, one second late.
+    Slow,
     Garbage,
     NotFound,
 }
@@ -181,6 +183,10 @@ async fn failure(inner: &Inner) -> Option<Response> {
                 .into_response(),
         ),
         Mode::Garbage => Some((StatusCode::OK, "{not json at all").into_response()),
+        Mode::Slow => {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            None
+        }
         Mode::Hang => {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             Some((StatusCode::GATEWAY_TIMEOUT, "late").into_response())

@@ -23,6 +23,18 @@ use realmgate::state::Shared;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Polls `cond` every 5 ms until it holds; fails the test after 10 s naming `what`.
+pub async fn until(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not within 10s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A port that was free a moment ago (Pingora cannot report what it bound for `:0`).
 /// A port nothing listens on. Never the same port twice in one test process: the kernel may
 /// hand an ephemeral port out again once its probe socket is closed, and two parallel tests
