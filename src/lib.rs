@@ -14,6 +14,7 @@ pub mod authz;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod downstream;
 pub mod error;
 pub mod explain;
 pub mod grants;

@@ -1,4 +1,6 @@
-//! Size bounds on the request head, checked before anything else is looked at.
+//! Size bounds on the request: the head, checked before anything else is looked at, and the
+//! body, checked against the matched route's bound (declared length in the decision, the
+//! streamed bytes in the proxy).
 //!
 //! Pingora accepts up to 1 MiB of headers; nginx (8 KiB lines), HAProxy (16 KiB buffer) and
 //! Envoy (60 KiB) all refuse far less. A huge header costs every later step (and the
@@ -14,6 +16,8 @@ pub struct RequestLimits {
     pub max_uri_bytes: usize,
     pub max_header_line_bytes: usize,
     pub max_header_bytes: usize,
+    /// Request body bound unless the route sets its own.
+    pub max_body_bytes: u64,
 }
 
 /// The bytes one header line takes on the wire (`name: value\r\n`).
@@ -46,6 +50,36 @@ impl RequestLimits {
     }
 }
 
+impl RequestLimits {
+    /// The body bound for a request matched to a rule with `route` as its own bound.
+    pub fn body_limit(&self, route: Option<u64>) -> u64 {
+        route.unwrap_or(self.max_body_bytes)
+    }
+}
+
+/// `Err` with 413 when the request declares a body longer than `limit`. A chunked body
+/// declares nothing; the proxy counts it as it streams ([`body_too_large`] then).
+pub fn check_declared_body(req: &RequestHeader, limit: u64) -> Result<(), Rejection> {
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(body_too_large()),
+        _ => Ok(()),
+    }
+}
+
+/// 413: the body is larger than the route accepts.
+pub fn body_too_large() -> Rejection {
+    Rejection::new(
+        413,
+        "body_too_large",
+        "the request body is larger than this route accepts",
+    )
+}
+
 fn too_large() -> Rejection {
     Rejection::new(
         431,
@@ -63,6 +97,7 @@ mod tests {
         max_uri_bytes: 64,
         max_header_line_bytes: 40,
         max_header_bytes: 100,
+        max_body_bytes: 1000,
     };
 
     fn req(target: &str, headers: &[(&str, String)]) -> RequestHeader {
@@ -71,6 +106,28 @@ mod tests {
             r.append_header(n.to_string(), v.as_str()).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn declared_bodies_over_the_bound_are_413() {
+        let cl = |n: &str| req("/a", &[("content-length", n.into())]);
+        assert_eq!(LIMITS.body_limit(None), 1000);
+        assert_eq!(LIMITS.body_limit(Some(10)), 10);
+        assert!(check_declared_body(&cl("1000"), 1000).is_ok());
+        assert_eq!(
+            check_declared_body(&cl("1001"), 1000).unwrap_err().status,
+            413
+        );
+        assert_eq!(
+            check_declared_body(&cl("11"), LIMITS.body_limit(Some(10)))
+                .unwrap_err()
+                .code,
+            "body_too_large"
+        );
+        assert!(
+            check_declared_body(&req("/a", &[]), 0).is_ok(),
+            "no body declared"
+        );
     }
 
     #[test]

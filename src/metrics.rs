@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 
 use dashmap::DashSet;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 10 µs: the gateway's own decisions live in the microsecond range, upstream
@@ -105,6 +105,11 @@ pub struct Metrics {
     pub shadow_decisions_total: IntCounterVec,
 
     pub config_reload_total: IntCounterVec,
+    /// Open client connections.
+    pub downstream_connections: IntGauge,
+    /// Client connections the gateway closed, by `reason` (`idle_timeout`, `head_timeout`,
+    /// `connection_limit`): bounded labels.
+    pub downstream_closed_total: IntCounterVec,
     pub invalidations_total: IntCounter,
 }
 
@@ -258,6 +263,23 @@ impl Metrics {
                 "realmgate_config_reload_total",
                 "Configuration reloads, by result.",
                 &["result"],
+            ),
+            downstream_connections: {
+                let g = IntGauge::new(
+                    "realmgate_downstream_connections",
+                    "Open client connections.",
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            downstream_closed_total: counter_vec(
+                r,
+                "realmgate_downstream_closed_total",
+                "Client connections closed by the gateway, by reason.",
+                &["reason"],
             ),
             invalidations_total: {
                 let c = IntCounter::new(

@@ -128,6 +128,28 @@ impl Rejection {
         }
         Ok(h)
     }
+
+    /// The whole refusal as HTTP/1.1 bytes, closing the connection: for answers given before
+    /// any request was parsed (a connection over the cap), where no session exists.
+    pub fn http1_close(&self) -> Vec<u8> {
+        let body = self.body(None);
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+            self.status,
+            body.len()
+        );
+        if let Some(s) = self.retry_after {
+            out.push_str(&format!("retry-after: {s}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +173,23 @@ mod tests {
         assert_eq!(
             bad.header_value(),
             "Bearer realm=\"acme\", error=\"invalid_token\", error_description=\"The token expired\""
+        );
+    }
+
+    #[test]
+    fn http1_close_is_a_complete_response() {
+        let r = Rejection::new(503, "too_many_connections", "busy").with_retry_after(1);
+        let raw = String::from_utf8(r.http1_close()).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close") && head.contains("retry-after: 1"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["error"],
+            "too_many_connections"
         );
     }
 

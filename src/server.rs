@@ -128,10 +128,15 @@ pub fn build_server(
         ));
     }
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "realmgate",
+    // The proxy application with its per-connection options, wrapped so every client
+    // connection is counted against the cap and gets its idle and head deadlines.
+    let downstream = shared.config.load().downstream;
+    let mut app = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    app.server_options = Some(downstream.server_options());
+    app.h2_options = Some(downstream.h2_options());
+    let mut proxy = Service::new(
+        "realmgate".to_string(),
+        crate::downstream::GuardedApp::new(app, shared.clone()),
     );
     match &tls {
         // TLS termination with HTTP/2 offered via ALPN (gRPC passes through for authorised

@@ -400,14 +400,7 @@ async fn stale_keys_expire_after_max_stale() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "realm_unavailable");
-    let text = client()
-        .get(e.gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = e.gw.metrics_text().await;
     assert!(
         text.contains("realmgate_jwks_fetch_total{realm=\"tenant-acme\",result=\"error\"}"),
         "{text}"
@@ -438,14 +431,7 @@ async fn one_missing_realm_does_not_take_the_replica_out_of_service() {
     let t = acme.sign(&claims(&kc.base(), "tenant-acme", "u", &[]));
     let (status, _, _) = call(&gw, "acme.qa.example.com", "/api/v1/me", Some(&t)).await;
     assert_eq!(status, 200);
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("realmgate_static_realms{state=\"unusable\"} 1"),
         "{metrics}"

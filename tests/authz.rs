@@ -344,14 +344,7 @@ async fn redis_dying_never_causes_5xx_and_redis_only_grants_fail_closed_after_tt
         200,
         "role grants still work"
     );
-    let text = client()
-        .get(e.gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = e.gw.metrics_text().await;
     assert!(text.contains("realmgate_redis_errors_total"), "{text}");
     assert!(text.contains("realmgate_permission_cache_total"), "{text}");
 }

@@ -361,6 +361,18 @@ fn every_duration_has_an_upper_bound() {
             format!("{base}assertion: {{ttl: {huge}}}\n"),
             "assertion.ttl",
         ),
+        (
+            format!("{base}downstream: {{idle_timeout: {huge}}}\n"),
+            "downstream.idle_timeout",
+        ),
+        (
+            format!("{base}downstream: {{head_timeout: {huge}}}\n"),
+            "downstream.head_timeout",
+        ),
+        (
+            format!("{base}downstream: {{write_timeout: {huge}}}\n"),
+            "downstream.write_timeout",
+        ),
     ];
     for (yaml, field) in &cases {
         let errs = errors_of(yaml);
@@ -435,4 +447,39 @@ fn overlapping_host_patterns_are_refused() {
     );
     let disjoint = yaml.replace("-eu\\\\.qa", "\\\\.eu");
     config::from_str(&disjoint, &HashMap::new()).unwrap();
+}
+
+#[test]
+fn downstream_and_rate_bounds_name_the_field() {
+    for (section, field) in [
+        (
+            "downstream: {max_connections: 0}",
+            "downstream.max_connections",
+        ),
+        ("downstream: {head_timeout: 0s}", "downstream.head_timeout"),
+        (
+            "downstream: {max_requests_per_connection: 0}",
+            "downstream.max_requests_per_connection",
+        ),
+        (
+            "downstream: {h2_max_concurrent_streams: 0}",
+            "downstream.h2_max_concurrent_streams",
+        ),
+    ] {
+        assert_error(&format!("{BASE}{section}\n"), field);
+    }
+    assert_error(
+        &BASE.replace(
+            "audiences: [qa-platform-backend]",
+            "audiences: [a], jwks_refetches_per_second: 0",
+        ),
+        "keycloak.jwks_refetches_per_second",
+    );
+    assert_error(
+        &BASE.replace(
+            "audiences: [qa-platform-backend]",
+            "audiences: [a], dynamic_realms: {per_second: 0}",
+        ),
+        "keycloak.dynamic_realms.per_second",
+    );
 }

@@ -325,14 +325,7 @@ async fn reload_under_load_loses_nothing_and_invalid_reload_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains("realmgate_config_reload_total{result=\"error\"}"),
         "{text}"
@@ -453,14 +446,7 @@ async fn shadow_mode_passes_and_counts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains("realmgate_shadow_decisions_total{decision=\"deny\"}"),
         "{text}"
@@ -480,14 +466,7 @@ async fn metrics_have_conventional_names_and_bounded_labels() {
         .send()
         .await
         .unwrap();
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     for name in [
         "realmgate_requests_total{status=\"200\",tenant=\"acme\"}",
         "realmgate_requests_total{status=\"401\",tenant=\"acme\"}",

@@ -351,14 +351,7 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
             .status(),
         200
     );
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     assert!(
         text.contains("realmgate_requests_total{status=\"200\",tenant=\"acme\"}"),
         "{text}"

@@ -106,6 +106,8 @@ pub struct RouteSpec<'a> {
     pub match_mode: MatchMode,
     pub enforce: Option<bool>,
     pub allow_query_token: bool,
+    /// The rule's own request-body bound, bytes (`None`: the global one).
+    pub max_body_bytes: Option<u64>,
 }
 
 /// Permissions a rule demands.
@@ -170,6 +172,7 @@ pub struct RouteRule {
     access: Access,
     enforce: Option<bool>,
     allow_query_token: bool,
+    max_body_bytes: Option<u64>,
 }
 
 impl RouteRule {
@@ -196,6 +199,10 @@ impl RouteRule {
     }
     pub fn allow_query_token(&self) -> bool {
         self.allow_query_token
+    }
+    /// The rule's own request-body bound, if it sets one.
+    pub fn max_body_bytes(&self) -> Option<u64> {
+        self.max_body_bytes
     }
 }
 
@@ -456,6 +463,7 @@ impl RouteTable {
                     access,
                     enforce: spec.enforce,
                     allow_query_token: spec.allow_query_token,
+                    max_body_bytes: spec.max_body_bytes,
                 });
             }
         }

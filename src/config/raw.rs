@@ -45,6 +45,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
+    pub downstream: DownstreamSection,
+    #[serde(default)]
     pub logging: LoggingSection,
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -340,6 +342,9 @@ pub struct RouteSection {
     /// Accept `?access_token=` on this route (off by default: tokens in URLs leak to logs).
     #[serde(default)]
     pub allow_query_token: bool,
+    /// This route's request-body bound, bytes (default `limits.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -512,6 +517,8 @@ pub struct LimitsSection {
     pub max_header_line_bytes: usize,
     /// All header lines together, bytes; more is 431.
     pub max_header_bytes: usize,
+    /// A request body, bytes, unless the route sets its own `max_body_bytes`; more is 413.
+    pub max_body_bytes: u64,
 }
 
 impl Default for LimitsSection {
@@ -521,6 +528,41 @@ impl Default for LimitsSection {
             // A 16 KiB token (keycloak.max_token_bytes) in `Authorization: Bearer` fits.
             max_header_line_bytes: 20 * 1024,
             max_header_bytes: 64 * 1024,
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Client connections: how long they may idle or dawdle, and how many there may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamSection {
+    /// Wait for the next request on a keep-alive connection (and for the first one).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The whole request head, from its first byte (slowloris bound).
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
+    /// One write to a client that is not reading.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Open client connections; past it, new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// Requests on one HTTP/1.1 connection before it is closed (start-only).
+    pub max_requests_per_connection: u32,
+    /// HTTP/2 concurrent streams per connection (start-only).
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for DownstreamSection {
+    fn default() -> Self {
+        Self {
+            idle_timeout: d(60),
+            head_timeout: d(10),
+            write_timeout: d(30),
+            max_connections: 10_000,
+            max_requests_per_connection: 1000,
+            h2_max_concurrent_streams: 100,
         }
     }
 }

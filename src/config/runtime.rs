@@ -16,6 +16,7 @@ use crate::authz::{
     Catalog, DefaultPolicy, MatchMode, RoleMap, RoleSource, RouteRule, RouteSpec, RouteTable,
     Scopes, SlashPolicy,
 };
+use crate::downstream::DownstreamSettings;
 use crate::grants::GrantSettings;
 use crate::headers::{HeaderNames, HeaderPolicy};
 use crate::jwks::{Alg, JwksSettings, RealmOverride};
@@ -76,8 +77,10 @@ pub struct RuntimeConfig {
     /// Settings that are valid but weaken a default protection, for `realmgate check` and
     /// the log (see [`RuntimeConfig::log_warnings`]).
     pub warnings: Vec<String>,
-    /// Size bounds on the request head.
+    /// Size bounds on the request head and body.
     pub limits: RequestLimits,
+    /// Client-connection bounds (deadlines, caps, HTTP/2 limits).
+    pub downstream: DownstreamSettings,
     pub jwks: JwksSettings,
     pub verify: VerifySettings,
     pub grants: Option<GrantSettings>,
@@ -298,6 +301,7 @@ impl RuntimeConfig {
             e.push("headers.max_value_len", "must be at least 16");
         }
         check_limits(&raw.limits, raw.keycloak.max_token_bytes, &mut e);
+        check_downstream(&raw.downstream, &mut e);
         if crate::headers::parse_header_name(&h.shadow).is_err() {
             e.push(
                 "headers.shadow",
@@ -504,6 +508,17 @@ impl RuntimeConfig {
                         max_uri_bytes: raw.limits.max_uri_bytes,
                         max_header_line_bytes: raw.limits.max_header_line_bytes,
                         max_header_bytes: raw.limits.max_header_bytes,
+                        max_body_bytes: raw.limits.max_body_bytes,
+                    },
+                    downstream: DownstreamSettings {
+                        idle_timeout: raw.downstream.idle_timeout,
+                        head_timeout: raw.downstream.head_timeout,
+                        write_timeout: raw.downstream.write_timeout,
+                        max_connections: raw.downstream.max_connections,
+                        max_requests_per_connection: raw.downstream.max_requests_per_connection,
+                        h2_max_concurrent_streams: raw.downstream.h2_max_concurrent_streams,
+                        h2_max_header_list_bytes: u32::try_from(raw.limits.max_header_bytes)
+                            .unwrap_or(u32::MAX),
                     },
                     jwks,
                     verify,
@@ -539,6 +554,17 @@ fn duration_bounds(raw: &RawConfig) -> Vec<(&'static str, Duration, Duration)> {
         ("upstream.read_timeout", u.read_timeout, DAY),
         ("upstream.write_timeout", u.write_timeout, DAY),
         ("upstream.idle_timeout", u.idle_timeout, DAY),
+        ("downstream.idle_timeout", raw.downstream.idle_timeout, HOUR),
+        (
+            "downstream.head_timeout",
+            raw.downstream.head_timeout,
+            10 * MINUTE,
+        ),
+        (
+            "downstream.write_timeout",
+            raw.downstream.write_timeout,
+            HOUR,
+        ),
         // Every second of leeway accepts an expired token for one more second.
         ("keycloak.leeway", k.leeway, 10 * MINUTE),
         ("keycloak.jwks_refresh", k.jwks_refresh, DAY),
@@ -682,6 +708,37 @@ impl RuntimeConfig {
 }
 
 /// The request-size bounds must be sane and must leave room for the largest token accepted.
+fn check_downstream(d: &raw::DownstreamSection, e: &mut Errors) {
+    // Upper bounds are in `duration_bounds`; a zero deadline would close every connection.
+    for (field, v) in [
+        ("downstream.idle_timeout", d.idle_timeout),
+        ("downstream.head_timeout", d.head_timeout),
+        ("downstream.write_timeout", d.write_timeout),
+    ] {
+        if v < Duration::from_millis(100) {
+            e.push(field, "must be at least 100ms");
+        }
+    }
+    if !(1..=1_000_000).contains(&d.max_connections) {
+        e.push(
+            "downstream.max_connections",
+            "must be between 1 and 1000000",
+        );
+    }
+    if d.max_requests_per_connection == 0 {
+        e.push(
+            "downstream.max_requests_per_connection",
+            "must be at least 1",
+        );
+    }
+    if !(1..=10_000).contains(&d.h2_max_concurrent_streams) {
+        e.push(
+            "downstream.h2_max_concurrent_streams",
+            "must be between 1 and 10000",
+        );
+    }
+}
+
 fn check_limits(l: &raw::LimitsSection, max_token_bytes: usize, e: &mut Errors) {
     if !(256..=1 << 20).contains(&l.max_uri_bytes) {
         e.push("limits.max_uri_bytes", "must be between 256 and 1048576");
@@ -760,6 +817,7 @@ fn route_spec(r: &raw::RouteSection) -> RouteSpec<'_> {
         },
         enforce: r.enforce,
         allow_query_token: r.allow_query_token,
+        max_body_bytes: r.max_body_bytes,
     }
 }
 

@@ -6,7 +6,8 @@
 //! 1. host -> tenant (exactly one host; unknown hosts refused)
 //! 2. tenant status (a suspended tenant is refused before anything else is looked at)
 //! 3. canonical method and path (what is matched is what is authorised is what is forwarded)
-//! 4. route (tenant rules, then global rules, then `default_policy`; shadow mode per rule)
+//! 4. route (tenant rules, then global rules, then `default_policy`; shadow mode per rule),
+//!    and the route's body bound against a declared `Content-Length` (413)
 //! 5. credentials -> verified token of the tenant's own realm (shadow mode included: it
 //!    relaxes authorization, never authentication)
 //! 6. effective permission set (config roles, token claim, Redis grants; cached)
@@ -31,6 +32,7 @@ use crate::authz::{
 };
 use crate::config::RuntimeConfig;
 use crate::grants::GrantStore;
+use crate::limits::check_declared_body;
 use crate::proxy::{origin_form, request_host};
 use crate::respond::Rejection;
 use crate::tenant::Tenant;
@@ -82,6 +84,9 @@ pub struct Forward {
     pub scope: Option<ScopeId>,
     /// The canonical request target, when it differs from what the client sent.
     pub target: Option<Vec<u8>>,
+    /// The body bound the proxy enforces on the bytes it streams (a chunked body declares no
+    /// length to check up front).
+    pub body_limit: u64,
     pub verdict: Verdict,
 }
 
@@ -231,6 +236,12 @@ pub async fn decide<T: Trace>(
         enforce,
     });
     let route = rule.map(|r| RouteRef::of(cfg, &tenant, r));
+    let body_limit = cfg
+        .limits
+        .body_limit(rule.and_then(RouteRule::max_body_bytes));
+    if let Err(r) = check_declared_body(req, body_limit) {
+        return refused(trace, Some(tenant), r, Stage::Request, Detail::None);
+    }
     let asked = match rule.map(RouteRule::access) {
         Some(Access::Public) => Asked::Public,
         Some(Access::Authenticated) => Asked::Authenticated,
@@ -249,6 +260,7 @@ pub async fn decide<T: Trace>(
         outcome: Outcome::Forward(Forward {
             scope: None,
             target: forward_target,
+            body_limit,
             verdict: Verdict::Public,
         }),
     };

@@ -23,6 +23,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::authz::ScopeId;
 use crate::config::RuntimeConfig;
 use crate::decision::{decide, Deps, Input, NoTrace, Outcome, RouteRef};
+use crate::downstream::{mark_head_read, mark_request_done};
 use crate::headers::{is_valid_request_id, new_request_id, HeaderPolicy};
 use crate::metrics::metrics;
 use crate::respond::Rejection;
@@ -72,6 +73,9 @@ pub struct RequestCtx {
     rejected: Option<&'static str>,
     status: u16,
     upstream_started: Option<Instant>,
+    /// The route's body bound and the body bytes streamed so far.
+    body_limit: u64,
+    body_seen: u64,
 }
 
 impl RequestCtx {
@@ -149,6 +153,26 @@ impl ProxyHttp for Gateway {
     /// compresses (the backend decides its encoding), so it is pure per-request cost.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// The head is in: the connection's head deadline stops, and this request's connection
+    /// settings are applied (pipelined requests are each decided and answered in order).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        mark_head_read(session.as_downstream());
+        let d = self.shared.config.load().downstream;
+        session.set_pipelining_enabled(true);
+        session.set_write_timeout(Some(d.write_timeout));
+        // Only while keep-alive is on: a client's `Connection: close` or a shutdown turned it
+        // off, and that must stand. Pingora's per-read timeout stays a backstop just past ours.
+        let idle = d.idle_timeout.as_secs() + 1;
+        if session.get_keepalive().is_some_and(|k| k != idle) {
+            session.set_keepalive(Some(idle));
+        }
+        Ok(())
+    }
+
     /// Decides the request. `Ok(true)` means realmgate has answered (a refusal); `Ok(false)`
     /// lets it through to the upstream. Expected refusals never surface as `Err`, so they are
     /// not logged as proxy errors.
@@ -196,6 +220,7 @@ impl ProxyHttp for Gateway {
             Outcome::Forward(f) => {
                 ctx.scope = f.scope;
                 ctx.forward_target = f.target;
+                ctx.body_limit = f.body_limit;
                 ctx.decision = f.verdict.label();
                 if let crate::decision::Verdict::Shadow { would_be, .. } = &f.verdict {
                     ctx.shadow = Some(would_be.code);
@@ -399,6 +424,27 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Counts the streamed body against the route's bound: a chunked body over it ends the
+    /// request with 413 (the upstream gets an incomplete body, never a complete request).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen = ctx.body_seen.saturating_add(b.len() as u64);
+            if ctx.body_seen > ctx.body_limit {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route's limit",
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Upstream failures become JSON 502/504 answers; nothing internal leaks.
     async fn fail_to_proxy(
         &self,
@@ -407,6 +453,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let r = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(413)) => {
+                metrics()
+                    .rejections_total
+                    .with_label_values(&["body_too_large"])
+                    .inc();
+                crate::limits::body_too_large()
+            }
             (_, ErrorType::HTTPStatus(code)) if *code >= 400 => {
                 Rejection::new(*code, "bad_request", "the request could not be processed")
             }
@@ -487,6 +540,7 @@ impl ProxyHttp for Gateway {
 
     /// Always called last: metrics and the access line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        mark_request_done(session.as_downstream());
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or(Duration::ZERO);
         let status = session
             .response_written()

@@ -72,6 +72,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The body arrived whole (false: the stream broke off, as when the gateway cuts it).
+    pub body_complete: bool,
 }
 
 impl Seen {
@@ -166,6 +168,7 @@ async fn record(rec: Arc<Mutex<Vec<Seen>>>, req: Request) -> Response {
             uri: parts.uri.to_string(),
             headers,
             body_len: 0,
+            body_complete: true,
         });
         // Read the whole body, then send it back, as an HTTP/1.1 application does. Echoing
         // while still reading would be full duplex, which Pingora's HTTP/1 upstream session
@@ -194,6 +197,7 @@ async fn record(rec: Arc<Mutex<Vec<Seen>>>, req: Request) -> Response {
             uri: parts.uri.to_string(),
             headers,
             body_len: 0,
+            body_complete: true,
         });
         let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
         let chunks = n / chunk.len();
@@ -202,15 +206,23 @@ async fn record(rec: Arc<Mutex<Vec<Seen>>>, req: Request) -> Response {
         return Response::new(Body::from_stream(stream));
     }
     let mut len = 0;
+    let mut complete = true;
     let mut stream = body.into_data_stream();
-    while let Some(Ok(c)) = stream.next().await {
-        len += c.len();
+    while let Some(c) = stream.next().await {
+        match c {
+            Ok(c) => len += c.len(),
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        }
     }
     let seen = Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         headers: headers.clone(),
         body_len: len,
+        body_complete: complete,
     };
     rec.lock().push(seen);
     axum::Json(json!({"method": parts.method.as_str(), "uri": parts.uri.to_string(), "headers": headers, "body_len": len}))
@@ -276,6 +288,18 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
+    }
+
+    /// The `/metrics` exposition text.
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
