@@ -1,6 +1,7 @@
 //! The downstream connection's own clock: a transport wrapper that bounds the wait for a
 //! request (idle keep-alive) and the time a request head may take once it has started
-//! (slowloris), measured from the first byte, not restarted by every byte.
+//! (slowloris), measured from its first byte (more exactly: from the first read after it that
+//! has to wait, microseconds later), not restarted by every byte.
 //!
 //! Pingora's HTTP/1 server applies its keep-alive timeout to each read of the head, so a
 //! client sending one byte every few seconds holds a connection forever. Only the proxy
@@ -62,9 +63,11 @@ pub struct GuardedStream {
     /// False for HTTP/2 connections: their streams have their own limits, and the proxy never
     /// marks phases on them.
     armed: bool,
-    /// The phase `poll_read` last saw and when it saw it change.
+    /// The phase `poll_read` last saw, and since when it has been waiting in it. The clock is
+    /// read only when a read has to wait: a request whose head arrives in one read (nearly
+    /// all of them) costs no clock read at all.
     seen: u8,
-    since: Instant,
+    since: Option<Instant>,
     /// Armed lazily, reused for the connection's life (one allocation per connection).
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -92,7 +95,7 @@ impl GuardedStream {
             }),
             armed,
             seen: phase,
-            since: Instant::now(),
+            since: None,
             sleep: None,
         }
     }
@@ -124,17 +127,29 @@ fn guarded(session: &ServerSession) -> Option<&GuardedStream> {
     session.stream()?.as_any().downcast_ref::<GuardedStream>()
 }
 
-/// The request head is complete: the head deadline no longer applies.
-pub fn mark_head_read(session: &ServerSession) {
-    if let Some(g) = guarded(session) {
-        g.set_phase(BUSY);
+impl GuardedStream {
+    /// The request head is complete: the head deadline no longer applies.
+    pub fn head_read(&self) {
+        self.set_phase(BUSY);
+    }
+
+    /// The response is done: the connection waits for its next request (idle deadline).
+    pub fn request_done(&self) {
+        self.set_phase(IDLE);
     }
 }
 
-/// The response is done: the connection waits for its next request (idle deadline).
+/// [`GuardedStream::head_read`] on the session's connection (a no-op for HTTP/2).
+pub fn mark_head_read(session: &ServerSession) {
+    if let Some(g) = guarded(session) {
+        g.head_read();
+    }
+}
+
+/// [`GuardedStream::request_done`] on the session's connection (a no-op for HTTP/2).
 pub fn mark_request_done(session: &ServerSession) {
     if let Some(g) = guarded(session) {
-        g.set_phase(IDLE);
+        g.request_done();
     }
 }
 
@@ -152,7 +167,7 @@ impl AsyncRead for GuardedStream {
         }
         if phase != this.seen {
             this.seen = phase;
-            this.since = Instant::now();
+            this.since = None;
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -160,13 +175,14 @@ impl AsyncRead for GuardedStream {
                 if phase == IDLE && buf.filled().len() > before {
                     this.phase.store(HEAD, Ordering::Relaxed);
                     this.seen = HEAD;
-                    this.since = Instant::now();
+                    this.since = None;
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some(at) = deadline(phase, this.since, this.timeouts) else {
+                let since = *this.since.get_or_insert_with(Instant::now);
+                let Some(at) = deadline(phase, since, this.timeouts) else {
                     return Poll::Pending;
                 };
                 if Instant::now() >= at {
