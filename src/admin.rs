@@ -41,12 +41,22 @@ impl AdminApp {
                     "unusable": h.unusable.len(),
                     "unusable_names": h.unusable.iter().take(100).collect::<Vec<_>>(),
                 });
+                let g = &self.shared.grants;
+                let grants = g.has_user_grants().then(|| {
+                    json!({
+                        "invalidation": g.invalidation_mode(),
+                        "subscribed": g.subscriber_connected(),
+                    })
+                });
                 if reasons.is_empty() {
-                    json_response(StatusCode::OK, json!({"status": "ready", "realms": realms}))
+                    json_response(
+                        StatusCode::OK,
+                        json!({"status": "ready", "realms": realms, "grants": grants}),
+                    )
                 } else {
                     json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"status": "not_ready", "reasons": reasons, "realms": realms}),
+                        json!({"status": "not_ready", "reasons": reasons, "realms": realms, "grants": grants}),
                     )
                 }
             }

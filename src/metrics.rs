@@ -111,6 +111,10 @@ pub struct Metrics {
     /// `connection_limit`): bounded labels.
     pub downstream_closed_total: IntCounterVec,
     pub invalidations_total: IntCounter,
+    /// Grant invalidations applied, by `source` (`pubsub`, `tracking`, `keyspace`).
+    pub grant_invalidations_total: IntCounterVec,
+    /// 1 for the active grant invalidation mode (`tracking`, `keyspace`, `ttl`, `none`).
+    pub grant_invalidation_mode: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -263,6 +267,18 @@ impl Metrics {
                 "realmgate_config_reload_total",
                 "Configuration reloads, by result.",
                 &["result"],
+            ),
+            grant_invalidations_total: counter_vec(
+                r,
+                "realmgate_grant_invalidations_total",
+                "Grant invalidations applied, by source.",
+                &["source"],
+            ),
+            grant_invalidation_mode: gauge_vec(
+                r,
+                "realmgate_grant_invalidation_mode",
+                "1 for the active grant invalidation mode.",
+                &["mode"],
             ),
             downstream_connections: {
                 let g = IntGauge::new(

@@ -270,6 +270,96 @@ async fn per_user_grant_is_added_and_revoked_live_within_a_second() {
         .await;
 }
 
+/// End to end, no PUBLISH: a grant written straight to Redis (as the platform's own cache
+/// fill or revocation does) opens and closes the route through client tracking. The time
+/// from write to effect is measured over 20 grant/revoke cycles and printed.
+#[tokio::test]
+async fn grants_written_straight_to_redis_apply_without_a_publish() {
+    require_redis(6379);
+    let e = env_on(6379).await;
+    let t = e.token("u-track", &["viewer"]);
+    let admin = client()
+        .get(e.gw.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let ready: Value = admin.json().await.unwrap();
+    assert_eq!(ready["grants"]["subscribed"], true, "{ready}");
+    let start = Instant::now();
+    while e.gw.shared.grants.invalidation_mode() != "tracking" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "tracking never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(e.call("DELETE", "/api/v1/users/9", &t).await.0, 403);
+    // Polled every millisecond, from the moment the write returned.
+    let until = |want: u16| {
+        let e = &e;
+        let t = &t;
+        async move {
+            let start = Instant::now();
+            let mut polls = 0u32;
+            loop {
+                let (status, body) = e.call("DELETE", "/api/v1/users/9", t).await;
+                polls += 1;
+                assert!(status < 500, "never a 5xx: {status} {body}");
+                if status == want {
+                    return (start.elapsed(), polls);
+                }
+                assert!(start.elapsed() < Duration::from_secs(1), "still {status}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let mut con = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = e.user_key("u-track");
+    let mut took: Vec<(Duration, u32)> = Vec::new();
+    for _ in 0..20 {
+        let _: () = redis::cmd("SADD")
+            .arg(&key)
+            .arg("users.delete.tenant")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        took.push(until(200).await);
+        let _: () = redis::cmd("SREM")
+            .arg(&key)
+            .arg("users.delete.tenant")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        took.push(until(403).await);
+    }
+    let polls: Vec<u32> = took.iter().map(|t| t.1).collect();
+    let mut took: Vec<Duration> = took.into_iter().map(|t| t.0).collect();
+    took.sort();
+    println!("requests until the change showed (1 = the first request after the write): {polls:?}");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "write to an answer reflecting it, without PUBLISH, over {} changes (the round trip included): min {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        took.len(),
+        ms(took[0]),
+        ms(took[took.len() / 2]),
+        ms(took[took.len() * 9 / 10]),
+        ms(took[took.len() - 1])
+    );
+    // Far inside cache_ttl (2 s here): the change came from Redis itself.
+    assert!(
+        took[took.len() - 1] < Duration::from_millis(500),
+        "{took:?}"
+    );
+    assert!(
+        polls.iter().filter(|p| **p > 3).count() <= 2,
+        "nearly every change shows at once: {polls:?}"
+    );
+}
+
 struct RedisServer(Child);
 
 impl Drop for RedisServer {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realmgate::grants::{GrantKey, GrantSettings, GrantSource, GrantStore, MAX_MEMBERS_PER_KEY};
+use realmgate::grants::{
+    GrantKey, GrantSettings, GrantSource, GrantStore, InvalidationPreference, MAX_MEMBERS_PER_KEY,
+};
 use realmgate::metrics::metrics;
 use tokio::sync::watch;
 
@@ -82,11 +84,17 @@ impl Tenant {
     fn channel(&self) -> String {
         format!("realmgate:test:{}:invalidate", self.id)
     }
+    /// Channel messages only: the tests of explicit invalidation must not be overtaken by a
+    /// tracking push (the tracking tests use [`Tenant::settings_with`]).
     fn settings(&self) -> GrantSettings {
+        self.settings_with(InvalidationPreference::Pubsub)
+    }
+    fn settings_with(&self, invalidation: InvalidationPreference) -> GrantSettings {
         GrantSettings {
             url: self.url.clone(),
             channel: self.channel(),
             key_prefix: self.prefix.clone(),
+            invalidation,
             ..GrantSettings::default()
         }
     }
@@ -557,6 +565,11 @@ impl Server {
     }
 
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// A private server with extra `redis-server` arguments.
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -568,6 +581,7 @@ impl Server {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -942,4 +956,185 @@ async fn subscriber_health_pings_do_not_disturb_the_subscription() {
         },
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server-assisted invalidation: changes written straight to Redis, no PUBLISH.
+
+/// Polls until `sub` in `t` holds (or lacks) `grant`; how long that took.
+async fn until_grant(
+    store: &GrantStore<Perms>,
+    t: &Tenant,
+    sub: &str,
+    r: &[Arc<str>],
+    grant: &str,
+    want: bool,
+) -> Duration {
+    let loads = AtomicUsize::new(0);
+    wait_for(
+        Duration::from_secs(3),
+        &format!("{sub} {} {grant}", if want { "gains" } else { "loses" }),
+        || async { eff(store, t, sub, r, &loads).await.has(grant) == want },
+    )
+    .await
+}
+
+async fn wait_mode(store: &GrantStore<Perms>, mode: &str) {
+    wait_for(
+        Duration::from_secs(5),
+        &format!("invalidation mode {mode}"),
+        || async { store.subscriber_connected() && store.invalidation_mode() == mode },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_applies_writes_made_straight_to_redis() {
+    let url = shared_url();
+    let mut con = admin(&url);
+    let t = Tenant::new(&url);
+    let store = GrantStore::new(Some(t.settings_with(InvalidationPreference::Auto))).unwrap();
+    let _stop = start_subscriber(&store);
+    wait_mode(&store, "tracking").await;
+    let none: Vec<Arc<str>> = Vec::new();
+    let viewer = roles(&["viewer"]);
+    let loads = AtomicUsize::new(0);
+    // Cached as "nothing" first: the key does not exist yet.
+    assert!(!eff(&store, &t, "alice", &none, &loads).await.has("a.b.own"));
+    let mut took = Vec::new();
+    sadd(&mut con, &t.user_key("alice"), &["a.b.own"]);
+    took.push(until_grant(&store, &t, "alice", &none, "a.b.own", true).await);
+    srem(&mut con, &t.user_key("alice"), "a.b.own");
+    took.push(until_grant(&store, &t, "alice", &none, "a.b.own", false).await);
+    // A role set: every user holding the role.
+    assert!(!eff(&store, &t, "bob", &viewer, &loads)
+        .await
+        .has("docs.read.all"));
+    assert!(!eff(&store, &t, "carol", &viewer, &loads)
+        .await
+        .has("docs.read.all"));
+    sadd(&mut con, &t.role_key("viewer"), &["docs.read.all"]);
+    took.push(until_grant(&store, &t, "bob", &viewer, "docs.read.all", true).await);
+    took.push(until_grant(&store, &t, "carol", &viewer, "docs.read.all", true).await);
+    // DEL, RENAME and expiry.
+    sadd(&mut con, &t.user_key("dave"), &["d.x.own"]);
+    took.push(until_grant(&store, &t, "dave", &none, "d.x.own", true).await);
+    cmd(&mut con, &[b"DEL", t.user_key("dave").as_bytes()]);
+    took.push(until_grant(&store, &t, "dave", &none, "d.x.own", false).await);
+    sadd(&mut con, &t.user_key("erin"), &["e.x.own"]);
+    took.push(until_grant(&store, &t, "erin", &none, "e.x.own", true).await);
+    cmd(
+        &mut con,
+        &[
+            b"RENAME",
+            t.user_key("erin").as_bytes(),
+            t.user_key("frank").as_bytes(),
+        ],
+    );
+    took.push(until_grant(&store, &t, "erin", &none, "e.x.own", false).await);
+    took.push(until_grant(&store, &t, "frank", &none, "e.x.own", true).await);
+    cmd(
+        &mut con,
+        &[b"PEXPIRE", t.user_key("frank").as_bytes(), b"200"],
+    );
+    let expired = until_grant(&store, &t, "frank", &none, "e.x.own", false).await;
+    assert!(expired >= Duration::from_millis(150), "{expired:?}");
+    took.sort();
+    println!("tracking: time from write to effect, sorted: {took:?}");
+    assert!(*took.last().unwrap() < Duration::from_secs(1), "{took:?}");
+    // The explicit channel still works alongside.
+    sadd(&mut con, &t.user_key("gina"), &["g.x.own"]);
+    until_grant(&store, &t, "gina", &none, "g.x.own", true).await;
+    publish(&mut con, &t.channel(), &format!("tenant:{}", t.id));
+    assert!(eff(&store, &t, "gina", &none, &loads).await.has("g.x.own"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_survives_a_flush_and_a_redis_restart() {
+    let port = Server::free_port();
+    let server = Server::start(port);
+    let t = Tenant::new(&server.url());
+    let mut con = admin(&server.url());
+    let store = GrantStore::new(Some(t.settings_with(InvalidationPreference::Tracking))).unwrap();
+    let (stop, handle) = background_subscriber(&store);
+    wait_mode(&store, "tracking").await;
+    let none: Vec<Arc<str>> = Vec::new();
+    sadd(&mut con, &t.user_key("alice"), &["a.b.own"]);
+    until_grant(&store, &t, "alice", &none, "a.b.own", true).await;
+    cmd(&mut con, &[b"FLUSHDB"]);
+    until_grant(&store, &t, "alice", &none, "a.b.own", false).await;
+    // Restart: the subscription is re-established (and the cache cleared) on the new server.
+    sadd(&mut con, &t.user_key("alice"), &["a.b.own"]);
+    until_grant(&store, &t, "alice", &none, "a.b.own", true).await;
+    drop(con);
+    server.kill();
+    wait_for(Duration::from_secs(5), "subscriber notices", || async {
+        !store.subscriber_connected()
+    })
+    .await;
+    let server = Server::start(port);
+    let mut con = admin(&server.url());
+    wait_mode(&store, "tracking").await;
+    until_grant(&store, &t, "alice", &none, "a.b.own", false).await;
+    sadd(&mut con, &t.user_key("alice"), &["a.c.own"]);
+    until_grant(&store, &t, "alice", &none, "a.c.own", true).await;
+    stop.send(true).unwrap();
+    handle.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_resp3_keyspace_notifications_take_over() {
+    // A server that cannot speak RESP3 (as behind a proxy that strips it): HELLO is gone.
+    let server = Server::start_with(
+        Server::free_port(),
+        &[
+            "--rename-command",
+            "HELLO",
+            "",
+            "--notify-keyspace-events",
+            "KA",
+        ],
+    );
+    let t = Tenant::new(&server.url());
+    let mut con = admin(&server.url());
+    let store = GrantStore::new(Some(t.settings_with(InvalidationPreference::Auto))).unwrap();
+    let (stop, handle) = background_subscriber(&store);
+    wait_mode(&store, "keyspace").await;
+    let none: Vec<Arc<str>> = Vec::new();
+    let loads = AtomicUsize::new(0);
+    assert!(!eff(&store, &t, "alice", &none, &loads).await.has("a.b.own"));
+    sadd(&mut con, &t.user_key("alice"), &["a.b.own"]);
+    until_grant(&store, &t, "alice", &none, "a.b.own", true).await;
+    srem(&mut con, &t.user_key("alice"), "a.b.own");
+    until_grant(&store, &t, "alice", &none, "a.b.own", false).await;
+    stop.send(true).unwrap();
+    handle.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_neither_only_the_channel_and_the_ttl_apply() {
+    let server = Server::start_with(Server::free_port(), &["--rename-command", "HELLO", ""]);
+    let t = Tenant::new(&server.url());
+    let mut con = admin(&server.url());
+    let store = GrantStore::new(Some(t.settings_with(InvalidationPreference::Auto))).unwrap();
+    let (stop, handle) = background_subscriber(&store);
+    wait_mode(&store, "ttl").await;
+    let none: Vec<Arc<str>> = Vec::new();
+    let loads = AtomicUsize::new(0);
+    assert!(!eff(&store, &t, "alice", &none, &loads).await.has("a.b.own"));
+    sadd(&mut con, &t.user_key("alice"), &["a.b.own"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !eff(&store, &t, "alice", &none, &loads).await.has("a.b.own"),
+        "no feed: the cached set stands until a message or the TTL"
+    );
+    publish(
+        &mut con,
+        &t.channel(),
+        &format!("tenant:{}:user:alice", t.id),
+    );
+    until_grant(&store, &t, "alice", &none, "a.b.own", true).await;
+    assert_eq!(store.invalidation_mode(), "ttl");
+    stop.send(true).unwrap();
+    handle.join().unwrap();
 }

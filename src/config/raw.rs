@@ -427,6 +427,20 @@ pub struct RedisSection {
     /// Optional hash of run-time tenants (`id` -> tenant JSON).
     #[serde(default)]
     pub tenants_key: Option<String>,
+    /// How changes written straight to Redis are noticed.
+    #[serde(default)]
+    pub invalidation: InvalidationSection,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidationSection {
+    /// Client tracking, else keyspace notifications, else `channel` + `cache_ttl`.
+    #[default]
+    Auto,
+    Tracking,
+    Keyspace,
+    Pubsub,
 }
 
 fn dur_100ms() -> Duration {

@@ -17,7 +17,7 @@ use crate::authz::{
     Scopes, SlashPolicy,
 };
 use crate::downstream::DownstreamSettings;
-use crate::grants::GrantSettings;
+use crate::grants::{GrantSettings, InvalidationPreference};
 use crate::headers::{HeaderNames, HeaderPolicy};
 use crate::jwks::{Alg, JwksSettings, RealmOverride};
 use crate::limits::RequestLimits;
@@ -437,6 +437,12 @@ impl RuntimeConfig {
             degraded_ttl: r.degraded_ttl,
             channel: r.channel.clone(),
             key_prefix: r.key_prefix.clone(),
+            invalidation: match r.invalidation {
+                raw::InvalidationSection::Auto => InvalidationPreference::Auto,
+                raw::InvalidationSection::Tracking => InvalidationPreference::Tracking,
+                raw::InvalidationSection::Keyspace => InvalidationPreference::Keyspace,
+                raw::InvalidationSection::Pubsub => InvalidationPreference::Pubsub,
+            },
             ..GrantSettings::default()
         });
         let warnings = load_warnings(&raw);
