@@ -16,6 +16,8 @@ pub mod decision;
 pub mod demo;
 pub mod error;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grants;
 pub mod headers;
 pub mod jwks;
