@@ -13,6 +13,7 @@ use base64::Engine;
 use http::Method;
 use pingora::http::RequestHeader;
 
+use crate::authz::permission::MAX_PERMISSION_LEN;
 use crate::authz::{
     canonicalize, match_layered, parse_permission, Catalog, PermissionSet, RouteRule, Scopes,
 };
@@ -77,23 +78,34 @@ paths: {paths}
 struct PathFixture {
     cfg: RuntimeConfig,
     tenant: Arc<Tenant>,
+    case_sensitive: bool,
 }
 
 fn path_fixtures() -> &'static [PathFixture; 2] {
     static F: OnceLock<[PathFixture; 2]> = OnceLock::new();
     F.get_or_init(|| {
-        let build = |paths: &str| {
+        let build = |paths: &str, case_sensitive: bool| {
             let cfg = crate::config::from_str(&fixture_yaml(paths), &HashMap::new())
                 .unwrap_or_else(|e| panic!("fuzz fixture config: {e}"));
             let tenant = cfg
                 .tenants
                 .resolve("acme.test")
                 .unwrap_or_else(|e| panic!("fuzz fixture tenant: {e:?}"));
-            PathFixture { cfg, tenant }
+            PathFixture {
+                cfg,
+                tenant,
+                case_sensitive,
+            }
         };
         [
-            build("{slashes: merge, case_sensitive: true, double_encoding: reject}"),
-            build("{slashes: reject, case_sensitive: false, double_encoding: allow}"),
+            build(
+                "{slashes: merge, case_sensitive: true, double_encoding: reject}",
+                true,
+            ),
+            build(
+                "{slashes: reject, case_sensitive: false, double_encoding: allow}",
+                false,
+            ),
         ]
     })
 }
@@ -229,8 +241,10 @@ fn same_rule(a: Option<&RouteRule>, b: Option<&RouteRule>) -> bool {
 ///
 /// Invariants: no panic; the canonical path is ASCII and starts with `/`; canonicalising it
 /// again, or the forwarded request-target, yields the same path unchanged (idempotent, and the
-/// query survives); and the rule matched for the request is the rule matched for its canonical
-/// form and for the forwarded target (what is authorised is what is forwarded).
+/// query survives); the rule matched for the request is the rule matched for its canonical
+/// form and for the forwarded target (what is authorised is what is forwarded); and spellings
+/// the matcher promises to treat alike (one trailing slash; ASCII case when case-insensitive;
+/// HEAD and GET) get the same rule.
 pub fn path_route(data: &[u8]) {
     let [variant, method, raw @ ..] = data else {
         return;
@@ -277,6 +291,53 @@ pub fn path_route(data: &[u8]) {
         rule.map(RouteRule::id),
         rule_fwd.map(RouteRule::id)
     );
+
+    // Spellings a backend treats as the same resource get the same rule.
+    let route = |t: &[u8]| {
+        canonicalize(t, cfg.paths)
+            .ok()
+            .map(|c| match_layered(cfg.tenant_routes(&fx.tenant), &cfg.routes, method, &c))
+    };
+    // A single trailing slash is not significant.
+    if p != "/" && !p.ends_with('/') {
+        let slashed = format!("{p}/");
+        let r = route(slashed.as_bytes())
+            .unwrap_or_else(|| panic!("{slashed:?} is refused but {p:?} is not"));
+        assert!(
+            same_rule(rule, r),
+            "{p:?} matched {:?}, {slashed:?} {:?}",
+            rule.map(RouteRule::id),
+            r.map(RouteRule::id)
+        );
+    }
+    // `paths.case_sensitive: false`: ASCII case never changes the rule.
+    if !fx.case_sensitive {
+        let lower = p.to_ascii_lowercase();
+        let r = route(lower.as_bytes())
+            .unwrap_or_else(|| panic!("{lower:?} is refused but {p:?} is not"));
+        assert!(
+            same_rule(rule, r),
+            "case-insensitive: {p:?} matched {:?}, {lower:?} {:?}",
+            rule.map(RouteRule::id),
+            r.map(RouteRule::id)
+        );
+    }
+    // No fixture rule names HEAD alone: HEAD gets GET's rule (frameworks answer HEAD with the
+    // GET handler, so it must not fall through to a weaker rule).
+    if *method == Method::HEAD {
+        let get = match_layered(
+            cfg.tenant_routes(&fx.tenant),
+            &cfg.routes,
+            &Method::GET,
+            &canon,
+        );
+        assert!(
+            same_rule(rule, get),
+            "{p:?}: HEAD matched {:?}, GET {:?}",
+            rule.map(RouteRule::id),
+            get.map(RouteRule::id)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,6 +442,13 @@ pub fn permission(data: &[u8]) {
     let (Segment::Name(res), Segment::Name(act)) = (req.resource, req.action) else {
         return;
     };
+    // Asked at every scope below, so every spelling must fit the length cap.
+    if SCOPES
+        .iter()
+        .any(|s| res.len() + act.len() + s.len() + 2 > MAX_PERMISSION_LEN)
+    {
+        return;
+    }
     let scopes = Scopes::new(&SCOPES).unwrap_or_else(|_| unreachable!());
 
     // Config time: the routes' requirements and the roles' grants are interned.
