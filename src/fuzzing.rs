@@ -598,12 +598,12 @@ pub fn config(data: &[u8]) {
 mod tests {
     type Target = fn(&[u8]);
 
-    /// The hand-made seeds (`fuzz/corpus/<target>/seed-*`) through each entry point on stable
+    /// The hand-made seeds (`fuzz/seeds/<target>/`) through each entry point on stable
     /// `cargo test`: keeps the fixtures and the targets' invariants checked without nightly.
-    /// `fuzz/replay.sh` replays the whole corpus.
+    /// `fuzz/replay.sh` replays the minimised corpus too.
     #[test]
     fn seeds_replay() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
         let targets: [(&str, Target); 6] = [
             ("host", super::host),
             ("path_route", super::path_route),
@@ -613,15 +613,18 @@ mod tests {
             ("config", super::config),
         ];
         for (name, run) in targets {
-            let Ok(dir) = std::fs::read_dir(root.join(name)) else {
-                continue;
-            };
+            let dir = std::fs::read_dir(root.join(name)).unwrap_or_else(|e| {
+                panic!("fuzz/seeds/{name}: {e} (run fuzz/seeds/make_seeds.sh)")
+            });
+            let mut ran = 0;
             for entry in dir.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("seed-") {
+                if entry.path().extension().is_some_and(|e| e == "bin") {
                     let data = std::fs::read(entry.path()).unwrap_or_default();
                     run(&data);
+                    ran += 1;
                 }
             }
+            assert!(ran > 0, "no seeds for {name}");
         }
     }
 
@@ -632,11 +635,9 @@ mod tests {
         let fx = super::token_fixture();
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/fuzz/corpus/token/seed-valid-text.bin"
+            "/fuzz/seeds/token/valid-text.bin"
         );
-        let Ok(data) = std::fs::read(path) else {
-            return;
-        };
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let token = String::from_utf8_lossy(&data[1..]).into_owned();
         let id = fx
             .rt

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Writes the hand-made seed inputs into fuzz/corpus/<target>/ (seed-*.bin, never overwriting
-# libFuzzer's own files). Tokens are signed with testdata/jwt/rsa_a.pem (kid k1), the key the
+# Writes the hand-made seed inputs into fuzz/seeds/<target>/ (fuzz/corpus/<target>/ is the
+# minimised corpus libFuzzer grew from them; replay.sh and `cargo test` run both). Tokens are signed with testdata/jwt/rsa_a.pem (kid k1), the key the
 # token target installs for realm tenant-acme; times are relative to realmgate::fuzzing::FIXED_NOW.
 # Input layouts are documented on each function in src/fuzzing.rs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-C=fuzz/corpus
+C=fuzz/seeds
 mkdir -p $C/{host,path_route,token,permission,jwks,config}
 
 seed() { # seed <target> <name> <content, backslash escapes like \n and \x01 expanded>
-  printf '%b' "$3" > "$C/$1/seed-$2.bin"
+  printf '%b' "$3" > "$C/$1/$2.bin"
 }
 
 # host: flags \n method \n target \n host [\n host...]   (flags bit 0 = HTTP/2)
@@ -80,7 +80,7 @@ q bad-req    'users.*.own\nusers.read.own'
 q long       "a.b.c\\n$(printf 'a%.0s' {1..210}).b.c"
 
 # jwks: documents
-k() { printf '%s' "$2" > "$C/jwks/seed-$1.bin"; }
+k() { printf '%s' "$2" > "$C/jwks/$1.bin"; }
 RSA=$(cat testdata/jwt/rsa_a.jwk.json)
 N=$(sed -E 's/.*"n": "([^"]*)".*/\1/' testdata/jwt/rsa_a.jwk.json)
 k keycloak "{\"keys\":[{\"kid\":\"k1\",\"kty\":\"RSA\",\"alg\":\"RS256\",\"use\":\"sig\",\"n\":\"$N\",\"e\":\"AQAB\",\"x5c\":[\"MIIC\"],\"x5t\":\"abc\",\"x5t#S256\":\"def\"},{\"kid\":\"enc1\",\"kty\":\"RSA\",\"alg\":\"RSA-OAEP\",\"use\":\"enc\",\"n\":\"$N\",\"e\":\"AQAB\"}]}"
@@ -95,8 +95,8 @@ k empty    '{"keys":[]}'
 k junk     '{"keys":[1,"x",null,{"kty":"RSA"}]}'
 
 # config
-cp config/realmgate.example.yaml "$C/config/seed-example.bin"
-cat > "$C/config/seed-minimal.bin" <<'YAML'
+cp config/realmgate.example.yaml "$C/config/example.bin"
+cat > "$C/config/minimal.bin" <<'YAML'
 listen: {proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}
 upstream: {default: "127.0.0.1:3"}
 keycloak: {base_url: "http://127.0.0.1:9", audiences: [backend]}
@@ -105,7 +105,7 @@ tenants:
 routes:
   - {path: "/users/{id}", methods: [GET], permission: users.read.own}
 YAML
-cat > "$C/config/seed-patterns.bin" <<'YAML'
+cat > "$C/config/patterns.bin" <<'YAML'
 listen: {proxy: "127.0.0.1:1", admin: "${ADMIN:-127.0.0.1:2}"}
 upstream: {default: "127.0.0.1:3"}
 keycloak: {base_url: "http://127.0.0.1:9", audiences: [backend], permissions_claim: perms}
@@ -123,7 +123,7 @@ scopes: [own, team, tenant]
 roles: {admin: ["*.*.*"]}
 paths: {slashes: reject, case_sensitive: false, double_encoding: allow}
 YAML
-printf 'tenants: [{id: a, realm: r, hosts: ["bad..host"]}]\nroutes: [{path: "/a/", public: true}]\n' > "$C/config/seed-invalid.bin"
+printf 'tenants: [{id: a, realm: r, hosts: ["bad..host"]}]\nroutes: [{path: "/a/", public: true}]\n' > "$C/config/invalid.bin"
 
 # token: shape byte, then either the token text (even) or header \xff claims \xff signature
 # (odd; the target base64url-encodes each part)
@@ -142,8 +142,8 @@ HDR='{"alg":"RS256","typ":"JWT","kid":"k1"}'
 FULL="{\"exp\":$((NOW + 315360000)),\"iat\":$NOW,\"jti\":\"0f3e\",\"iss\":\"$ISS\",\"aud\":[\"backend\",\"account\"],\"sub\":\"f81d4fae-7dec-11d0-a765-00a0c91e6bf6\",\"typ\":\"Bearer\",\"azp\":\"admin-ui\",\"preferred_username\":\"ada\",\"email\":\"ada@acme.test\",\"realm_access\":{\"roles\":[\"offline_access\",\"admin\"]},\"resource_access\":{\"backend\":{\"roles\":[\"viewer\"]},\"account\":{\"roles\":[\"manage-account\"]}},\"perms\":[\"users.read.own\",\"calls.*.team\"],\"address\":{\"country\":\"NL\"},\"tenant_tier\":\"gold\",\"scope\":\"openid email\"}"
 tok() { # tok <name> <header> <claims>: both shapes
   local t; t=$(sign "$2" "$3")
-  printf '0%s' "$t" > "$C/token/seed-$1-text.bin"
-  { printf '1%s\xff%s\xff' "$2" "$3"; cat "$SIGFILE"; } > "$C/token/seed-$1-json.bin"
+  printf '0%s' "$t" > "$C/token/$1-text.bin"
+  { printf '1%s\xff%s\xff' "$2" "$3"; cat "$SIGFILE"; } > "$C/token/$1-json.bin"
 }
 tok valid "$HDR" "$FULL"
 tok at-jwt '{"alg":"RS256","typ":"at+jwt","kid":"k1"}' "{\"exp\":$((NOW + 600)),\"iss\":\"$ISS\",\"aud\":\"backend\",\"sub\":\"u-1\",\"perms\":\"users.read.own users.write.own\"}"
@@ -159,8 +159,8 @@ tok jku '{"alg":"RS256","kid":"k1","jku":"http://evil/jwks"}' "$FULL"
 tok crit '{"alg":"RS256","kid":"k1","crit":["exp"]}' "$FULL"
 tok ps256 '{"alg":"PS256","kid":"k1"}' "$FULL"
 tok escaped '{"alg":"RS\u0032\u0035\u0036","kid":"k\u0031"}' "{\"exp\":$((NOW + 600)),\"iss\":\"http:\\/\\/127.0.0.1:9\\/realms\\/tenant-acme\",\"aud\":\"backend\",\"sub\":\"u\\u0000x\",\"typ\":\"Bearer\"}"
-printf '0eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.' > "$C/token/seed-alg-none.bin"
-printf '0eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln' > "$C/token/seed-hs256.bin"
-printf '0a.b.c.d.e' > "$C/token/seed-jwe.bin"
-printf '0..' > "$C/token/seed-dots.bin"
-printf '1{"alg":"RS256","kid":"k1"}\xff{"exp":1e400,"aud":{"a":1},"sub":[1]}\xff' > "$C/token/seed-types.bin"
+printf '0eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.' > "$C/token/alg-none.bin"
+printf '0eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln' > "$C/token/hs256.bin"
+printf '0a.b.c.d.e' > "$C/token/jwe.bin"
+printf '0..' > "$C/token/dots.bin"
+printf '1{"alg":"RS256","kid":"k1"}\xff{"exp":1e400,"aud":{"a":1},"sub":[1]}\xff' > "$C/token/types.bin"
