@@ -17,6 +17,8 @@ pub mod demo;
 pub mod downstream;
 pub mod error;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grants;
 pub mod headers;
 pub mod jwks;

@@ -83,7 +83,7 @@ impl std::fmt::Debug for PreparedKey {
 #[derive(Default)]
 pub(crate) struct KeySet {
     by_kid: HashMap<Box<str>, Arc<PreparedKey>, ahash::RandomState>,
-    pub(super) all: Vec<Arc<PreparedKey>>,
+    pub(crate) all: Vec<Arc<PreparedKey>>,
 }
 
 impl KeySet {

@@ -56,6 +56,8 @@ pub use alg::{Alg, AlgSet};
 pub(crate) use error::KeyError;
 pub use fetch::parse_max_age;
 pub(crate) use keys::KeyRefusal;
+// For `crate::fuzzing`: the JWKS parser on arbitrary documents.
+pub(crate) use keys::{build_key_set, KeySet};
 pub use keys::{PreparedKey, MAX_KEYS_PER_REALM};
 pub use refresher::{
     next_refresh_interval, JwksRefresher, BACKOFF_MAX, BACKOFF_START, MIN_MAX_AGE,
