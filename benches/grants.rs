@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
-use realmgate::grants::{GrantKey, GrantStore};
+use realmgate::grants::{GrantKey, GrantSettings, GrantStore};
 
 /// The allocator the realmgate binary ships with, so allocation costs match production.
 #[global_allocator]
@@ -65,6 +65,27 @@ fn hit(c: &mut Criterion) {
     }
 }
 
+/// What one client-tracking push costs the subscriber: parse the key, bump one generation
+/// (the store is configured for Redis but never connects: the push path touches no socket).
+fn tracking_invalidation(c: &mut Criterion) {
+    let store = GrantStore::<u64>::new(Some(GrantSettings {
+        url: "redis://127.0.0.1:1".into(),
+        key_prefix: "rg:".into(),
+        ..GrantSettings::default()
+    }))
+    .unwrap();
+    c.bench_function("grants_tracking_invalidate_user_key", |b| {
+        b.iter(|| {
+            store.invalidate_key(std::hint::black_box(
+                b"rg:tenant:acme:user:f47ac10b-58cc-4372-a567-0e02b2c3d479:permissions",
+            ))
+        })
+    });
+    c.bench_function("grants_tracking_ignore_other_key", |b| {
+        b.iter(|| store.invalidate_key(std::hint::black_box(b"rg:tenant:acme:session:abc")))
+    });
+}
+
 /// Same-run references, to read the numbers above on a noisy machine: the two unavoidable
 /// pieces of a hit (a clock read for the TTL, a concurrent-cache lookup of a u64 key).
 fn reference(c: &mut Criterion) {
@@ -78,5 +99,5 @@ fn reference(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hit, reference);
+criterion_group!(benches, hit, tracking_invalidation, reference);
 criterion_main!(benches);
