@@ -17,7 +17,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::metrics::metrics;
 use crate::respond::Rejection;
-use crate::state::Shared;
 
 pub use stream::{mark_head_read, mark_request_done, GuardedStream, Timeouts};
 
@@ -63,15 +62,20 @@ impl DownstreamSettings {
 /// connection its request clock.
 pub struct GuardedApp<A> {
     inner: Arc<A>,
-    shared: Arc<Shared>,
+    /// The current settings (read once per connection, so a reload applies to new ones).
+    /// A function rather than the shared state, so this edge module depends on nothing above it.
+    settings: Box<dyn Fn() -> DownstreamSettings + Send + Sync>,
     open: AtomicUsize,
 }
 
 impl<A> GuardedApp<A> {
-    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        inner: A,
+        settings: impl Fn() -> DownstreamSettings + Send + Sync + 'static,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
-            shared,
+            settings: Box::new(settings),
             open: AtomicUsize::new(0),
         }
     }
@@ -133,7 +137,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let s = self.shared.config.load().downstream;
+        let s = (self.settings)();
         let Some(_slot) = self.admit(s.max_connections) else {
             refuse(stream).await;
             return None;
