@@ -46,6 +46,7 @@ impl AdminApp {
                     json!({
                         "invalidation": g.invalidation_mode(),
                         "subscribed": g.subscriber_connected(),
+                        "loader": g.loader_name(),
                     })
                 });
                 if reasons.is_empty() {

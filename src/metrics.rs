@@ -16,6 +16,11 @@ use prometheus::{
 
 /// Buckets from 10 µs: the gateway's own decisions live in the microsecond range, upstream
 /// latency in milliseconds to seconds.
+/// Grant age: from "just read" to the longest sensible `cache_ttl`.
+pub const GRANT_AGE_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -101,6 +106,12 @@ pub struct Metrics {
     pub permission_cache_total: IntCounterVec,
     pub redis_errors_total: IntCounterVec,
     pub invalid_grants_total: IntCounterVec,
+    /// Grant loader calls, by `loader` (`http`, `postgres`) and `result`.
+    pub grant_loader_calls_total: IntCounterVec,
+    /// Loader answers written back into Redis, by `result` (`ok`, `error`, `skipped`).
+    pub grant_write_backs_total: IntCounterVec,
+    /// Age of the grant data a request was decided with: time since its sets were read.
+    pub grant_age_seconds: Histogram,
     pub decisions_total: IntCounterVec,
     pub shadow_decisions_total: IntCounterVec,
 
@@ -250,6 +261,31 @@ impl Metrics {
                 "Grants skipped because they are not valid resource.action.scope permissions, by source.",
                 &["source"],
             ),
+            grant_loader_calls_total: counter_vec(
+                r,
+                "realmgate_grant_loader_calls_total",
+                "Grant loader calls (Redis key absent), by loader and result.",
+                &["loader", "result"],
+            ),
+            grant_write_backs_total: counter_vec(
+                r,
+                "realmgate_grant_write_backs_total",
+                "Loader answers written back into Redis, by result.",
+                &["result"],
+            ),
+            grant_age_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "realmgate_grant_age_seconds",
+                        "Age of the grant data a request was decided with (since its Redis or loader read).",
+                    )
+                    .buckets(GRANT_AGE_BUCKETS.to_vec()),
+                )
+                .expect("static metric definition");
+                r.register(Box::new(h.clone()))
+                    .expect("metric registered once");
+                h
+            },
             decisions_total: counter_vec(
                 r,
                 "realmgate_decisions_total",

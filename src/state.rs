@@ -86,13 +86,19 @@ impl Shared {
             );
         }
         let redis = |c: &RuntimeConfig| {
-            c.grants
-                .as_ref()
-                .map(|g| (g.url.clone(), g.channel.clone(), g.key_prefix.clone()))
+            c.grants.as_ref().map(|g| {
+                (
+                    g.url.clone(),
+                    g.channel.clone(),
+                    g.key_prefix.clone(),
+                    g.invalidation,
+                    format!("{:?}", g.loader),
+                )
+            })
         };
         if redis(&old) != redis(&new) {
             tracing::warn!(
-                "redis settings changed: they take effect at the next restart or upgrade"
+                "redis settings (url, channel, key_prefix, invalidation, loader) changed: they take effect at the next restart or upgrade"
             );
         }
         if let Some(a) = &new.assertion {

@@ -6,6 +6,7 @@
 //! YAML is read with `serde_yaml_ng`, a maintained fork of the deprecated `serde_yaml`.
 
 pub mod env;
+pub mod loader;
 pub mod raw;
 mod runtime;
 

@@ -430,6 +430,9 @@ pub struct RedisSection {
     /// How changes written straight to Redis are noticed.
     #[serde(default)]
     pub invalidation: InvalidationSection,
+    /// The source of truth asked when a grant key is absent from Redis.
+    #[serde(default)]
+    pub loader: Option<super::loader::LoaderSection>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -366,6 +366,19 @@ impl RuntimeConfig {
                 e.push("redis.channel", "must not be empty");
             }
         }
+        let loader = raw
+            .redis
+            .as_ref()
+            .and_then(|r| r.loader.as_ref())
+            .and_then(|l| {
+                super::loader::loader_settings(l)
+                    .map_err(|errs| {
+                        for (f, m) in errs {
+                            e.push(f, m);
+                        }
+                    })
+                    .ok()
+            });
 
         let mut tenant_upstreams = Vec::with_capacity(raw.tenants.len());
         let mut defs = Vec::with_capacity(raw.tenants.len());
@@ -443,6 +456,7 @@ impl RuntimeConfig {
                 raw::InvalidationSection::Keyspace => InvalidationPreference::Keyspace,
                 raw::InvalidationSection::Pubsub => InvalidationPreference::Pubsub,
             },
+            loader,
             ..GrantSettings::default()
         });
         let warnings = load_warnings(&raw);

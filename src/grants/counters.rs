@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 
 use crate::metrics::metrics;
 
@@ -22,6 +22,9 @@ pub(super) struct Counters {
     pub(super) from_pubsub: IntCounter,
     pub(super) from_tracking: IntCounter,
     pub(super) from_keyspace: IntCounter,
+    /// Cached sets dropped because their TTL ran out.
+    pub(super) from_ttl: IntCounter,
+    pub(super) age: Histogram,
 }
 
 static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
@@ -42,6 +45,8 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         from_pubsub: m.grant_invalidations_total.with_label_values(&["pubsub"]),
         from_tracking: m.grant_invalidations_total.with_label_values(&["tracking"]),
         from_keyspace: m.grant_invalidations_total.with_label_values(&["keyspace"]),
+        from_ttl: m.grant_invalidations_total.with_label_values(&["ttl"]),
+        age: m.grant_age_seconds.clone(),
     }
 });
 

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::counters::counters;
 use super::keys::{role_key, user_key};
 use super::settings::{install_tls_provider, GrantError, GrantSettings};
-use super::{RawGrants, MAX_MEMBERS_PER_KEY, MAX_MEMBER_LEN, MAX_ROLE_KEYS};
+use super::{MAX_MEMBERS_PER_KEY, MAX_MEMBER_LEN, MAX_ROLE_KEYS};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -60,6 +60,20 @@ pub(super) fn members(reply: Value, key: &str) -> Vec<String> {
     }
     out
 }
+/// An SMEMBERS reply as a key state: nothing at all means the key is absent.
+pub(super) fn read(reply: Value, key: &str) -> Read {
+    let empty = match &reply {
+        Value::Nil => true,
+        Value::Array(items) | Value::Set(items) => items.is_empty(),
+        _ => false,
+    };
+    if empty {
+        Read::Absent
+    } else {
+        Read::Members(members(reply, key))
+    }
+}
+
 /// Jittered exponential backoff: 100 ms, 200 ms, ... capped at 5 s, each +-20 %.
 pub(super) fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
@@ -299,12 +313,18 @@ impl Link {
     }
 
     /// Reads the identity's sets with one pipelined round trip, or None if Redis is unavailable.
+    ///
+    /// Absent is told from present in that same round trip without another command: Redis
+    /// deletes a set with its last member and never stores an empty one, so an empty
+    /// `SMEMBERS` reply *is* an absent key ([`Read::Absent`], a miss for the loader), and a
+    /// key of another type answers `WRONGTYPE` (present, grants nothing, not a miss). An
+    /// `EXISTS` per key would double the commands and tell nothing more.
     pub(super) async fn load(
         self: &Arc<Self>,
         tenant: &str,
         sub: &str,
         roles: &[Arc<str>],
-    ) -> Option<RawGrants> {
+    ) -> Option<Fetched> {
         let deadline = tokio::time::Instant::now() + self.command_timeout;
         let user_key = user_key(&self.key_prefix, tenant, sub);
         if user_key.is_none() {
@@ -338,7 +358,7 @@ impl Link {
             }
         }
         if user_key.is_none() && role_keys.is_empty() {
-            return Some(RawGrants::default());
+            return Some(Fetched::default());
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -387,14 +407,14 @@ impl Link {
             return None;
         }
         let mut replies = replies.into_iter();
-        let mut take = |key: &str| -> Option<Vec<String>> {
+        let mut take = |key: &str| -> Option<Read> {
             match replies.next()? {
-                Ok(reply) => Some(members(reply, key)),
+                Ok(reply) => Some(read(reply, key)),
                 // Data error on one key: that key grants nothing (fail closed), the rest stands.
                 Err(e) if e.code() == Some("WRONGTYPE") => {
                     c.err_smembers.inc();
                     warn!(key, "grant key is not a set; ignored");
-                    Some(Vec::new())
+                    Some(Read::Members(Vec::new()))
                 }
                 // LOADING, NOAUTH, ...: Redis is not answering properly, treat as unavailable.
                 Err(e) => {
@@ -404,14 +424,65 @@ impl Link {
                 }
             }
         };
-        let mut raw = RawGrants::default();
+        let mut out = Fetched::default();
         if let Some(key) = &user_key {
-            raw.user = take(key)?;
+            out.user = Some(take(key)?);
         }
         for (role, key) in &role_keys {
-            let grants = take(key)?;
-            raw.roles.push(((*role).to_owned(), grants));
+            let read = take(key)?;
+            out.roles.push(((*role).to_owned(), read));
         }
-        Some(raw)
+        Some(out)
     }
+
+    /// Writes a loader's answer into Redis the way the application fills its cache: `SADD`
+    /// and `EXPIRE` in one `MULTI`, so the key never exists without its TTL. Bounded by
+    /// `command_timeout`; false if it did not happen.
+    pub(super) async fn write_back(
+        self: &Arc<Self>,
+        key: &str,
+        codes: &[String],
+        ttl: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let Some((mut conn, _)) = self.connection(deadline).await else {
+            return false;
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SADD")
+            .arg(key)
+            .arg(codes)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(key)
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        match tokio::time::timeout_at(deadline, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                debug!(error = %e, "grant write-back failed");
+                false
+            }
+            Err(_) => {
+                debug!("grant write-back timed out");
+                false
+            }
+        }
+    }
+}
+
+/// One key's state in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Read {
+    Members(Vec<String>),
+    /// The key does not exist: an empty reply, since Redis holds no empty sets.
+    Absent,
+}
+
+/// An identity's keys as read: `user` is None when the tenant or sub cannot form a key.
+#[derive(Debug, Default)]
+pub(super) struct Fetched {
+    pub(super) user: Option<Read>,
+    pub(super) roles: Vec<(String, Read)>,
 }

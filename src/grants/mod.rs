@@ -60,9 +60,11 @@
 //! messages received, understood or not.
 
 mod counters;
+mod fill;
 mod invalidation;
 mod keys;
 mod link;
+mod loader;
 mod settings;
 mod subscriber;
 #[cfg(test)]
@@ -81,6 +83,11 @@ use tracing::{debug, warn};
 use self::counters::counters;
 use self::invalidation::Invalidation;
 use self::link::Link;
+use self::loader::Loader;
+pub use self::loader::{
+    check_loader, FieldError, HttpSettings, LoaderSettings, PostgresSettings, SourceSettings,
+    WriteBack,
+};
 pub use self::settings::{install_tls_provider, GrantError, GrantSettings, InvalidationPreference};
 pub use self::subscriber::GrantSubscriber;
 
@@ -105,13 +112,14 @@ pub struct RawGrants {
     pub roles: Vec<(String, Vec<String>)>,
 }
 
-/// What Redis contributed to a compile.
+/// What Redis (and the loader, for keys absent from Redis) contributed to a compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantSource {
-    /// Redis answered (sets may be empty).
+    /// Redis answered (sets may be empty); keys it did not hold were answered by the loader
+    /// when one is configured.
     Redis(RawGrants),
-    /// Redis is down or slow: compile from config and token only. The result is cached for
-    /// `degraded_ttl` only.
+    /// Redis, or the loader asked for an absent key, is down or slow: compile from config and
+    /// token only. The result is cached for `degraded_ttl` only.
     Unavailable,
     /// No Redis configured.
     Disabled,
@@ -150,6 +158,8 @@ struct Entry<T> {
     epoch: u64,
     claim: Box<[Box<str>]>,
     value: Arc<T>,
+    /// When its sets were read (for the grant-age histogram).
+    loaded: Instant,
     expires: Instant,
     /// Generation slots of tenant, user and each role, in that order.
     slots: Box<[u16]>,
@@ -185,6 +195,8 @@ pub struct GrantStore<T> {
     ttl: Duration,
     degraded_ttl: Duration,
     redis: Option<Arc<Link>>,
+    /// Asked for keys absent from Redis (only with Redis).
+    loader: Option<Arc<Loader>>,
     subscribed: AtomicBool,
     /// The active [`GrantStore::invalidation_mode`] (see `subscriber`).
     mode: std::sync::atomic::AtomicU8,
@@ -232,11 +244,17 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
     /// `None`: no Redis; compiles see [`GrantSource::Disabled`] and are cached with the default
     /// TTL and capacity. Does not connect (connections are made on first use).
     pub fn new(settings: Option<GrantSettings>) -> Result<Arc<Self>, GrantError> {
-        let (s, redis) = match settings {
-            None => (GrantSettings::default(), None),
+        let (s, redis, loader) = match settings {
+            None => (GrantSettings::default(), None, None),
             Some(s) => {
                 let link = Link::new(&s)?;
-                (s, Some(Arc::new(link)))
+                let loader = s
+                    .loader
+                    .as_ref()
+                    .map(|l| Loader::new(l).map(Arc::new))
+                    .transpose()
+                    .map_err(|(f, m)| GrantError::Loader(format!("{f}: {m}")))?;
+                (s, Some(Arc::new(link)), loader)
             }
         };
         if s.cache_capacity == 0 {
@@ -266,6 +284,7 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
             ttl: s.cache_ttl,
             degraded_ttl: s.degraded_ttl,
             redis,
+            loader,
             subscribed: AtomicBool::new(false),
             mode: std::sync::atomic::AtomicU8::new(subscriber::MODE_NONE),
         }))
@@ -284,9 +303,15 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
         let c = counters();
         let stale = match self.cache.get(&key) {
             Some(e) if e.matches(k) => {
-                if self.is_fresh(&e, Instant::now()) {
+                let now = Instant::now();
+                if self.is_fresh(&e, now) {
                     c.hit.inc();
+                    c.age
+                        .observe(now.saturating_duration_since(e.loaded).as_secs_f64());
                     return Arc::clone(&e.value);
+                }
+                if now >= e.expires {
+                    c.from_ttl.inc();
                 }
                 c.expired.inc();
                 Some(e)
@@ -351,15 +376,22 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
         let generation = self.generation(&slots);
         let (source, ttl) = match &self.redis {
             None => (GrantSource::Disabled, self.ttl),
-            Some(link) => match link.load(tenant, sub, roles).await {
-                Some(raw) => (GrantSource::Redis(raw), self.ttl),
-                None => {
-                    counters().degraded.inc();
-                    (GrantSource::Unavailable, self.degraded_ttl)
+            Some(link) => {
+                let raw = match link.load(tenant, sub, roles).await {
+                    Some(fetched) => self.fill(link, tenant, sub, fetched, &slots).await,
+                    None => None,
+                };
+                match raw {
+                    Some(raw) => (GrantSource::Redis(raw), self.ttl),
+                    None => {
+                        counters().degraded.inc();
+                        (GrantSource::Unavailable, self.degraded_ttl)
+                    }
                 }
-            },
+            }
         };
         let value = Arc::new(compile(&source));
+        let loaded = Instant::now();
         Arc::new(Entry {
             tenant: tenant.into(),
             sub: sub.into(),
@@ -367,7 +399,8 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
             epoch,
             claim: claim.into(),
             value,
-            expires: Instant::now() + ttl,
+            loaded,
+            expires: loaded + ttl,
             slots,
             generation,
         })
@@ -477,6 +510,11 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
     /// all such users share one compiled set: 100 000 cached tokens, a handful of sets.
     pub fn has_user_grants(&self) -> bool {
         self.redis.is_some()
+    }
+
+    /// The loader asked for keys absent from Redis (`http`, `postgres`), if any.
+    pub fn loader_name(&self) -> Option<&'static str> {
+        self.loader.as_ref().map(|l| l.name())
     }
 
     /// Entries held, including invalidated ones not yet evicted or replaced.

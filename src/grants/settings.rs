@@ -25,6 +25,8 @@ pub struct GrantSettings {
     pub ping_interval: Duration,
     /// How changes written straight to Redis are noticed (see `subscriber`).
     pub invalidation: InvalidationPreference,
+    /// Asked for keys absent from Redis (see `loader`).
+    pub loader: Option<super::LoaderSettings>,
 }
 
 /// `redis.invalidation`: which server-side change feed the subscriber uses.
@@ -55,6 +57,7 @@ impl Default for GrantSettings {
             key_prefix: String::new(),
             ping_interval: Duration::from_secs(10),
             invalidation: InvalidationPreference::Auto,
+            loader: None,
         }
     }
 }
@@ -73,6 +76,7 @@ impl fmt::Debug for GrantSettings {
             .field("key_prefix", &self.key_prefix)
             .field("ping_interval", &self.ping_interval)
             .field("invalidation", &self.invalidation)
+            .field("loader", &self.loader)
             .finish()
     }
 }
@@ -99,6 +103,8 @@ pub fn install_tls_provider() {
 pub enum GrantError {
     #[error("grants.redis.url is not a valid Redis URL ({0})")]
     InvalidUrl(String),
+    #[error("redis.loader: {0}")]
+    Loader(String),
     #[error("grants.{field}: {reason}")]
     InvalidSetting {
         field: &'static str,
@@ -111,6 +117,7 @@ impl GrantError {
         match self {
             Self::InvalidUrl(_) => "grants_invalid_url",
             Self::InvalidSetting { .. } => "grants_invalid_setting",
+            Self::Loader(_) => "grants_invalid_loader",
         }
     }
 }
