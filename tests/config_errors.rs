@@ -483,3 +483,71 @@ fn downstream_and_rate_bounds_name_the_field() {
         "keycloak.dynamic_realms.per_second",
     );
 }
+
+fn with_loader(loader: &str) -> String {
+    format!("{BASE}redis:\n  url: \"redis://127.0.0.1:6379\"\n  loader:\n{loader}\n")
+}
+
+#[test]
+fn loader_problems_name_the_field() {
+    assert_error(
+        &with_loader("    timeout: 250ms"),
+        "redis.loader: set exactly one of http or postgres",
+    );
+    assert_error(
+        &with_loader(
+            "    http: {user_url: \"http://app/{tenant}\"}\n    postgres: {url: \"postgres://x@h/db\", user_query: \"SELECT 1 WHERE $1 = $2\"}",
+        ),
+        "exactly one of http or postgres",
+    );
+    assert_error(
+        &with_loader("    http: {user_url: \"http://app/internal/{tenant}\"}"),
+        "redis.loader.http.user_url: must contain {tenant} and {sub}",
+    );
+    assert_error(
+        &with_loader("    http: {role_url: \"http://{tenant}.app/{role}\"}"),
+        "redis.loader.http.role_url: placeholders must be in the path",
+    );
+    assert_error(
+        &with_loader(
+            "    http: {user_url: \"http://app/{tenant}/{sub}\", client_cert: /nonexistent.pem}",
+        ),
+        "redis.loader.http.client_key",
+    );
+    assert_error(
+        &with_loader(
+            "    postgres: {url: \"postgres://x@h/db\", user_query: \"SELECT code FROM p WHERE tenant_id = $1\"}",
+        ),
+        "redis.loader.postgres.user_query: must use $1",
+    );
+    assert_error(
+        &with_loader("    postgres: {url: \"postgres://x@h/db\"}"),
+        "redis.loader.postgres: set user_query, role_query or both",
+    );
+    assert_error(
+        &with_loader(
+            "    timeout: 0s\n    postgres: {url: \"postgres://x@h/db\", role_query: \"SELECT c FROM r WHERE t = $1 AND r = $2\"}",
+        ),
+        "redis.loader.timeout",
+    );
+    assert_error(
+        &with_loader(
+            "    write_back: {enabled: true, user_ttl: 0s}\n    postgres: {url: \"postgres://x@h/db\", role_query: \"SELECT c FROM r WHERE t = $1 AND r = $2\"}",
+        ),
+        "redis.loader.write_back.user_ttl",
+    );
+    assert_error(
+        &with_loader(
+            "    postgres: {url: \"postgres://x@h/db?sslmode=require\", role_query: \"SELECT c FROM r WHERE t = $1 AND r = $2\"}",
+        ),
+        "redis.loader.postgres.url",
+    );
+    // A valid one loads.
+    config::from_str(
+        &with_loader(
+            "    write_back: {enabled: true}\n    postgres: {url: \"postgres://x@h/db\", user_query: \"SELECT code FROM p WHERE tenant_id = $1::text AND user_id = $2\"}",
+        ),
+        &HashMap::new(),
+    )
+    .unwrap();
+}
