@@ -512,6 +512,14 @@ async fn concurrent_misses_for_one_user_make_one_http_call() {
         1,
         "negative answer held"
     );
+    // ... unless that user is invalidated: the platform publishes after changing its tables.
+    redis_cli(&["PUBLISH", &format!("{}invalidate", e.prefix), "tenant:acme:user:u-none"]);
+    let start = Instant::now();
+    while ep.calls.load(Ordering::SeqCst) - before < 2 {
+        assert_eq!(e.call("DELETE", "/api/v1/users/1", &nobody[0]).await, 403);
+        assert!(start.elapsed() < Duration::from_secs(1), "not asked again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Bounded and fail closed: an oversized body, a body that is not JSON, a 500, or an answer

@@ -19,6 +19,9 @@
 #   rg-401-badsig       realmgate refusing a bad signature (RSA verify, then 401)
 #   rg-401-expired      realmgate refusing an expired token (claims check, no RSA, 401)
 #   rg-guarded-warn     rg-guarded with logging.level warn (no per-request audit event)
+#   rg-redis            rg-guarded with Redis grants in use: the route's permission exists only
+#                       in the user's Redis set, client tracking is on (needs Redis on
+#                       127.0.0.1:6379; the row is skipped, saying so, without it)
 # Throughput: wrk -t1 -c64; latency: wrk -t1 -c4 (p50/p99/p99.9 from wrk's histogram).
 # Each rep runs every row once (rows interleaved, so drift hits all rows alike); the table
 # shows medians over reps, as ratios to direct and to pingora-bare of the same run.
@@ -104,6 +107,7 @@ fi
 # --- processes ------------------------------------------------------------------------------
 tmp=$(mktemp -d); pids=()
 cleanup() {
+  if [ "${have_redis:-0}" = 1 ]; then redis-cli -h 127.0.0.1 -p 6379 DEL "rgbench:tenant:acme:user:0b8d4a8e-0000-4000-8000-00000000a001:permissions" >/dev/null 2>&1 || true; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -177,8 +181,22 @@ start 0 "$pt" 127.0.0.1:18004 127.0.0.1:18000 1
 start_rg main 18443 18444 "$conf"
 start_rg miss 18445 18446 "$conf" RG_TOKEN_CACHE=1024
 start_rg warn 18447 18448 "$conf" RG_LOG_LEVEL=warn
+have_redis=0
+if command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 PING 2>/dev/null)" = PONG ]; then
+  have_redis=1
+  # The bench token's sub (mint.py) gets the route's permission in Redis only.
+  redis-cli -h 127.0.0.1 -p 6379 SADD "rgbench:tenant:acme:user:0b8d4a8e-0000-4000-8000-00000000a001:permissions" reports.export.tenant >/dev/null
+  { cat "$conf"; printf 'redis:\n  url: "redis://127.0.0.1:6379"\n  key_prefix: "rgbench:"\n  channel: "rgbench:invalidate"\n  invalidation: tracking\n'; } > "$tmp/redis.yaml"
+  start_rg redis 18449 18450 "$tmp/redis.yaml"
+else
+  echo "note: no Redis on 127.0.0.1:6379; the rg-redis row is skipped" >&2
+fi
 for p in 18000 18001 18002 18003 18004 18443 18445 18447; do wait_port "$p"; done
 for a in 18444 18446 18448; do wait_ready "$a"; done
+if [ $have_redis = 1 ]; then
+  wait_port 18449; wait_ready 18450
+  for _ in $(seq 50); do curl -s http://127.0.0.1:18450/readyz | grep -q '"invalidation":"tracking"' && break; sleep 0.1; done
+fi
 sleep 1
 rss_idle_main=$(rss_kib "$pid_main")
 
@@ -189,6 +207,12 @@ sanity="haproxy-jwt: good=$(code 18003 "$good") badsig=$(code 18003 "$badsig") e
 for p in 18443 18445 18447; do
   sanity+=$'\n'"realmgate :$p: good=$(code $p "$good") public=$(code $p '' /api/v1/status) badsig=$(code $p "$badsig") expired=$(code $p "$expired") none=$(code $p '') first-of-many=$(code $p "$(head -1 "$many")")"
 done
+if [ $have_redis = 1 ]; then
+  sanity+=$'\n'"realmgate :18449 (redis): granted=$(code 18449 "$good" /api/v1/granted) without-redis=$(code 18443 "$good" /api/v1/granted) mode=$(curl -s http://127.0.0.1:18450/readyz | grep -o '"invalidation":"[a-z]*"')"
+  if ! echo "$sanity" | grep -q 'granted=200 without-redis=403 mode="invalidation":"tracking"'; then
+    echo "$sanity"; echo "sanity check failed (rg-redis)" >&2; exit 1
+  fi
+fi
 echo "$sanity"
 if echo "$sanity" | grep -q 'good=[^2]\|public=[^2]\|badsig=[^4]\|expired=[^4]\|none=[^4]\|first-of-many=[^2]'; then
   echo "sanity check failed" >&2; exit 1
@@ -210,6 +234,7 @@ rows=(
   "rg-401-expired|18443|/api/v1/me|$expired"
   "rg-guarded-warn|18447|/api/v1/me|$good"
 )
+[ $have_redis = 1 ] && rows+=("rg-redis|18449|/api/v1/granted|$good")
 selected() { [ -z "$only" ] || [[ ",$only,direct,pingora-bare," == *",$1,"* ]]; }
 many_offset=0
 # wrk run -> "rps p50 p99 p999 non2xx sockerr requests"
@@ -246,7 +271,7 @@ if [ -n "$profile" ] && command -v perf >/dev/null; then
   for r in "${rows[@]}"; do
     IFS='|' read -r name port path token <<<"$r"
     [ "$name" = "$profile" ] || continue
-    case $port in 18443) ppid=$pid_main ;; 18445) ppid=$pid_miss ;; 18447) ppid=$pid_warn ;; *) echo "profile: $name is not a realmgate row" >&2; continue ;; esac
+    case $port in 18443) ppid=$pid_main ;; 18445) ppid=$pid_miss ;; 18447) ppid=$pid_warn ;; 18449) ppid=$pid_redis ;; *) echo "profile: $name is not a realmgate row" >&2; continue ;; esac
     perf record -F 1999 -g -p "$ppid" -o "$work/perf-$name.data" -- sleep "$dur" >/dev/null 2>&1 &
     perf_pid=$!
     measure "$port" "$path" "$token" 64 "$dur" >/dev/null
