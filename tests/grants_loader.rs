@@ -513,7 +513,11 @@ async fn concurrent_misses_for_one_user_make_one_http_call() {
         "negative answer held"
     );
     // ... unless that user is invalidated: the platform publishes after changing its tables.
-    redis_cli(&["PUBLISH", &format!("{}invalidate", e.prefix), "tenant:acme:user:u-none"]);
+    redis_cli(&[
+        "PUBLISH",
+        &format!("{}invalidate", e.prefix),
+        "tenant:acme:user:u-none",
+    ]);
     let start = Instant::now();
     while ep.calls.load(Ordering::SeqCst) - before < 2 {
         assert_eq!(e.call("DELETE", "/api/v1/users/1", &nobody[0]).await, 403);
@@ -595,4 +599,80 @@ async fn a_role_set_change_reaches_every_user_with_the_role() {
     for t in &tokens {
         e.eventually("GET", "/api/v1/reports/q", t, 403).await;
     }
+}
+
+/// The http loader over mutual TLS, against a real TLS server (`openssl s_server -HTTP`, which
+/// answers with a file holding the whole response, requiring a client certificate from the
+/// test CA): with the client certificate the grant
+/// loads; without it the handshake fails and the loader's grants fail closed.
+#[tokio::test]
+async fn http_loader_speaks_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=rg loader test CA" -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$who" -keyout $who.key -out $who.csr
+done
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+for who in server client; do
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile $who.ext -out $who.pem
+done
+mkdir -p www/internal/permissions/acme
+printf 'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n["users.delete.tenant"]' > www/internal/permissions/acme/u-tls
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .output()
+        .expect("sh and openssl must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let d = dir.path().display();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-HTTP", "-Verify", "1"])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .args([
+            "-cert",
+            &format!("{d}/server.pem"),
+            "-key",
+            &format!("{d}/server.key"),
+        ])
+        .args(["-CAfile", &format!("{d}/ca.pem")])
+        .current_dir(dir.path().join("www"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    wait_port(format!("127.0.0.1:{port}").parse().unwrap());
+    let loader = |client_cert: bool| {
+        let mut l = format!(
+            r#"    timeout: 2s
+    http:
+      user_url: "https://127.0.0.1:{port}/internal/permissions/{{tenant}}/{{sub}}"
+      ca_file: "{d}/ca.pem""#
+        );
+        if client_cert {
+            l.push_str(&format!(
+                "\n      client_cert: \"{d}/client.pem\"\n      client_key: \"{d}/client.key\""
+            ));
+        }
+        l
+    };
+    {
+        let e = Env::start(&loader(true)).await;
+        let t = e.token("u-tls", &[]);
+        assert_eq!(e.call("DELETE", "/api/v1/users/1", &t).await, 200);
+    }
+    {
+        let e = Env::start(&loader(false)).await;
+        let t = e.token("u-tls", &[]);
+        assert_eq!(e.call("DELETE", "/api/v1/users/1", &t).await, 403);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }
