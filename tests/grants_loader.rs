@@ -353,6 +353,7 @@ async fn postgres_loader_answers_misses_and_writes_back_with_the_seed_ttls() {
             .await
             >= 4
     );
+    assert!(e.metric("realmgate_grant_age_seconds_count").await >= 1);
     assert!(
         e.metric("realmgate_grant_write_backs_total{result=\"ok\"}")
             .await

@@ -1,8 +1,11 @@
 //! Pre-resolved metric handles for the grant store.
 
+use std::cell::Cell;
 use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::local::LocalHistogram;
+use prometheus::IntCounter;
 
 use crate::metrics::metrics;
 
@@ -24,7 +27,6 @@ pub(super) struct Counters {
     pub(super) from_keyspace: IntCounter,
     /// Cached sets dropped because their TTL ran out.
     pub(super) from_ttl: IntCounter,
-    pub(super) age: Histogram,
 }
 
 static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
@@ -46,10 +48,49 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
         from_tracking: m.grant_invalidations_total.with_label_values(&["tracking"]),
         from_keyspace: m.grant_invalidations_total.with_label_values(&["keyspace"]),
         from_ttl: m.grant_invalidations_total.with_label_values(&["ttl"]),
-        age: m.grant_age_seconds.clone(),
     }
 });
 
 pub(super) fn counters() -> &'static Counters {
     &COUNTERS
+}
+
+/// Observations a worker thread buffers before flushing them into the shared histogram.
+const AGE_FLUSH_EVERY: u32 = 64;
+const AGE_FLUSH_AFTER: Duration = Duration::from_secs(1);
+
+struct LocalAge {
+    histogram: LocalHistogram,
+    pending: Cell<u32>,
+    flushed: Cell<Instant>,
+}
+
+thread_local! {
+    static AGE: LocalAge = LocalAge {
+        histogram: metrics().grant_age_seconds.local(),
+        pending: Cell::new(0),
+        // The first use flushes at once.
+        flushed: Cell::new(Instant::now().checked_sub(AGE_FLUSH_AFTER).unwrap_or_else(Instant::now)),
+    };
+}
+
+/// Records the age of the grant data a request is decided with. A shared histogram costs
+/// ~23 ns per observation (atomic bucket, count and a CAS loop on the f64 sum), a fifth of a
+/// cache hit; a thread-local one costs a few ns and is flushed every 64 uses or every second
+/// of traffic, so a scrape may miss the last few uses of a thread that went idle.
+pub(super) fn observe_age(now: Instant, loaded: Instant) {
+    AGE.with(|a| {
+        a.histogram
+            .observe(now.saturating_duration_since(loaded).as_secs_f64());
+        let pending = a.pending.get() + 1;
+        if pending >= AGE_FLUSH_EVERY
+            || now.saturating_duration_since(a.flushed.get()) >= AGE_FLUSH_AFTER
+        {
+            a.histogram.flush();
+            a.pending.set(0);
+            a.flushed.set(now);
+        } else {
+            a.pending.set(pending);
+        }
+    });
 }

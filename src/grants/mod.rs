@@ -306,8 +306,7 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
                 let now = Instant::now();
                 if self.is_fresh(&e, now) {
                     c.hit.inc();
-                    c.age
-                        .observe(now.saturating_duration_since(e.loaded).as_secs_f64());
+                    counters::observe_age(now, e.loaded);
                     return Arc::clone(&e.value);
                 }
                 if now >= e.expires {
