@@ -20,7 +20,7 @@ use crate::decision::{
 };
 use crate::grants::{GrantSource, GrantStore};
 use crate::jwks::key_store;
-use crate::proxy::{absolute_form_authority, origin_form, request_host};
+use crate::request_target::{absolute_form_authority, origin_form, request_host};
 use crate::tenant::TenantSource;
 use crate::verify::Verifier;
 

@@ -19,7 +19,7 @@ use crate::authz::{
 };
 use crate::config::RuntimeConfig;
 use crate::jwks::{build_key_set, key_store_with_clock, Alg, AlgSet, KeySet, MAX_KEYS_PER_REALM};
-use crate::proxy::{absolute_form_authority, origin_form, request_host};
+use crate::request_target::{absolute_form_authority, origin_form, request_host};
 use crate::tenant::{normalize_host, Tenant};
 use crate::verify::Verifier;
 

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod request_target;
 pub mod respond;
 pub mod server;
 pub mod state;

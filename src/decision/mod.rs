@@ -33,7 +33,7 @@ use crate::authz::{
 use crate::config::RuntimeConfig;
 use crate::grants::GrantStore;
 use crate::limits::check_declared_body;
-use crate::proxy::{origin_form, request_host};
+use crate::request_target::{origin_form, request_host};
 use crate::respond::Rejection;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity, Verifier};

@@ -6,7 +6,6 @@
 //! writes the verified identity; `logging` records metrics and the access line.
 
 mod audit;
-mod host;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ use crate::telemetry::log_line;
 use crate::tenant::Tenant;
 use crate::verify::Identity;
 
-pub use host::{absolute_form_authority, origin_form, request_host};
+pub use crate::request_target::{absolute_form_authority, origin_form, request_host};
 
 /// The Pingora proxy application.
 pub struct Gateway {

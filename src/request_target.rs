@@ -1,4 +1,5 @@
-//! Which host a request is for: exactly one, or a refusal.
+//! Which host and target a request names: exactly one host, or a refusal. Pure: the proxy
+//! and the decision both read requests through it (and neither imports the other for it).
 
 use pingora::http::RequestHeader;
 
