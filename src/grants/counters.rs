@@ -2,9 +2,8 @@
 
 use std::cell::Cell;
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use prometheus::local::LocalHistogram;
 use prometheus::IntCounter;
 
 use crate::metrics::metrics;
@@ -55,42 +54,28 @@ pub(super) fn counters() -> &'static Counters {
     &COUNTERS
 }
 
-/// Observations a worker thread buffers before flushing them into the shared histogram.
-const AGE_FLUSH_EVERY: u32 = 64;
-const AGE_FLUSH_AFTER: Duration = Duration::from_secs(1);
-
-struct LocalAge {
-    histogram: LocalHistogram,
-    pending: Cell<u32>,
-    flushed: Cell<Instant>,
-}
+/// One use in this many (per thread) is observed in the grant-age histogram.
+pub(super) const AGE_SAMPLE_EVERY: u32 = 16;
 
 thread_local! {
-    static AGE: LocalAge = LocalAge {
-        histogram: metrics().grant_age_seconds.local(),
-        pending: Cell::new(0),
-        // The first use flushes at once.
-        flushed: Cell::new(Instant::now().checked_sub(AGE_FLUSH_AFTER).unwrap_or_else(Instant::now)),
-    };
+    static AGE_TICK: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Records the age of the grant data a request is decided with. A shared histogram costs
-/// ~23 ns per observation (atomic bucket, count and a CAS loop on the f64 sum), a fifth of a
-/// cache hit; a thread-local one costs a few ns and is flushed every 64 uses or every second
-/// of traffic, so a scrape may miss the last few uses of a thread that went idle.
+/// Records the age of the grant data a request is decided with, for one use in
+/// [`AGE_SAMPLE_EVERY`]. Observing every use cost ~20 ns per cache hit (atomic bucket, count
+/// and a CAS loop on the f64 sum; a thread-local histogram was no cheaper, measured), a fifth
+/// of the hit; a systematic sample of uses keeps the distribution and costs ~1 ns. Use
+/// `permission_cache_total{result="hit"}` for counts.
 pub(super) fn observe_age(now: Instant, loaded: Instant) {
-    AGE.with(|a| {
-        a.histogram
-            .observe(now.saturating_duration_since(loaded).as_secs_f64());
-        let pending = a.pending.get() + 1;
-        if pending >= AGE_FLUSH_EVERY
-            || now.saturating_duration_since(a.flushed.get()) >= AGE_FLUSH_AFTER
-        {
-            a.histogram.flush();
-            a.pending.set(0);
-            a.flushed.set(now);
-        } else {
-            a.pending.set(pending);
-        }
+    let sampled = AGE_TICK.with(|t| {
+        let n = t.get().wrapping_add(1);
+        t.set(n);
+        // The first use of each thread is sampled, then every 16th.
+        n % AGE_SAMPLE_EVERY == 1
     });
+    if sampled {
+        metrics()
+            .grant_age_seconds
+            .observe(now.saturating_duration_since(loaded).as_secs_f64());
+    }
 }
