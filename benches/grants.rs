@@ -104,6 +104,11 @@ fn reference(c: &mut Criterion) {
     c.bench_function("reference_shared_histogram_observe", |b| {
         b.iter(|| age.observe(std::hint::black_box(1.5)))
     });
+    let loaded = std::time::Instant::now();
+    let now = loaded + std::time::Duration::from_secs(3);
+    c.bench_function("grants_age_sampled_observe", |b| {
+        b.iter(|| realmgate::grants::observe_grant_age(std::hint::black_box(now), loaded))
+    });
 }
 
 criterion_group!(benches, hit, tracking_invalidation, reference);
