@@ -6,6 +6,8 @@
 //! YAML is read with `serde_yaml_ng`, a maintained fork of the deprecated `serde_yaml`.
 
 pub mod env;
+mod errors;
+mod keycloak;
 pub mod loader;
 pub mod raw;
 mod runtime;
