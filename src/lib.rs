@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod respond;
+pub mod revocation;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -7,6 +7,7 @@
 
 pub mod env;
 pub mod raw;
+mod revocation;
 mod runtime;
 
 use std::fmt;
