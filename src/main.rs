@@ -155,15 +155,9 @@ fn main() -> ExitCode {
                 },
                 (None, None) => Credentials::None,
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start a runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let result = rt.block_on(explain(std::sync::Arc::new(cfg), &method, &url, creds));
             print!("{}", result.text);
@@ -241,6 +235,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// A single-threaded runtime for the one-shot commands.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start a runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// `realmgate revoke`: one `POST /revoke` to the admin listener.
 fn revoke(admin: &str, tenant: &str, sub: Option<String>, sid: Option<String>) -> ExitCode {
     let url = format!("{}/revoke", admin.trim_end_matches('/'));
@@ -251,15 +256,9 @@ fn revoke(admin: &str, tenant: &str, sub: Option<String>, sid: Option<String>) -
     if let Some(sid) = sid {
         body["sid"] = sid.into();
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let sent = rt.block_on(async {
         let client = reqwest::Client::builder()

@@ -174,6 +174,11 @@ async fn refused_within(gw: &Gateway, token: &str, limit: Duration, what: &str) 
     );
 }
 
+async fn get_json(url: &str) -> Value {
+    let r = client().get(url).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
 fn subscribed(gw: &Gateway) -> bool {
     gw.shared
         .revocation_replica
@@ -558,14 +563,7 @@ async fn with_redis_down_a_revocation_still_applies_on_this_replica() {
     assert_eq!(s, 200, "{body}");
     refused_within(&gw, &tok, Duration::from_secs(1), "local revocation").await;
     assert!(!subscribed(&gw));
-    let ready: Value = client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = get_json(&gw.admin_url("/readyz")).await;
     assert_eq!(ready["revocation"]["replicated"], true, "{ready}");
     assert_eq!(ready["revocation"]["subscribed"], false, "{ready}");
 }

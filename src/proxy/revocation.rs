@@ -24,7 +24,7 @@ use crate::revocation::not_before;
 use crate::revocation::replay::Seen;
 use crate::revocation::{Kind, RevocationSettings, Source};
 use crate::state::Shared;
-use crate::verify::AuthError;
+use crate::verify::{AuthError, VerifiedJws};
 
 /// The process-wide rate bound of the endpoints (rebuilt when the configured rate changes).
 pub(super) struct EndpointRate(parking_lot::Mutex<(u32, crate::jwks::TokenBucket)>);
@@ -90,6 +90,20 @@ fn logout_description(e: LogoutError) -> &'static str {
         LogoutError::Nonce => "a logout token must not carry a nonce",
         LogoutError::Replayed => "the logout token was already used",
     }
+}
+
+/// `token` verified with the realm's keys, or the answer saying why not.
+async fn verified(
+    shared: &Shared,
+    s: &RevocationSettings,
+    realm: &str,
+    token: &str,
+) -> std::result::Result<VerifiedJws, Answer> {
+    shared
+        .verifier
+        .verify_jws(realm, token, s.max_body_bytes)
+        .await
+        .map_err(|e| unverified(&e))
 }
 
 /// A JWS the realm's keys refused.
@@ -303,13 +317,9 @@ async fn logout(
             "the body must carry exactly one logout_token field",
         );
     };
-    let jws = match shared
-        .verifier
-        .verify_jws(realm, &token, s.max_body_bytes)
-        .await
-    {
+    let jws = match verified(shared, s, realm, &token).await {
         Ok(j) => j,
-        Err(e) => return unverified(&e),
+        Err(a) => return a,
     };
     let x = Expect {
         issuer: &jws.issuer,
@@ -370,13 +380,9 @@ async fn push_not_before(
     let Some(token) = std::str::from_utf8(body).ok().map(str::trim) else {
         return Answer::bad("malformed", "the body must be the signed not-before action");
     };
-    let jws = match shared
-        .verifier
-        .verify_jws(realm, token, s.max_body_bytes)
-        .await
-    {
+    let jws = match verified(shared, s, realm, token).await {
         Ok(j) => j,
-        Err(e) => return unverified(&e),
+        Err(a) => return a,
     };
     match not_before::validate(&jws.payload, &s.audiences, now, s.leeway_secs) {
         Ok(0) => Answer::ok(),

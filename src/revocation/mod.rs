@@ -11,8 +11,9 @@
 //!
 //! [`RevocationList`] is the in-memory index the decision consults on every authenticated
 //! request (the cache-hit path included). Hot path: one relaxed atomic load when nothing is
-//! revoked; otherwise up to three lock-free snapshot loads (`arc-swap`) and hash probes keyed
-//! by hashes precomputed when the token was verified ([`RevocationKeys`]), no allocation. A
+//! revoked; otherwise one lock-free snapshot load (`arc-swap`) and up to three hash probes
+//! (sid, sub, realm not-before) keyed by hashes precomputed when the token was verified
+//! ([`RevocationKeys`]), no allocation, no lock. A
 //! probe that hits is confirmed by comparing the issuer and the value, so a 64-bit hash
 //! collision can never refuse another user's token.
 //!
@@ -177,7 +178,7 @@ impl Hasher for KeyHasher {
 
 type Map = HashMap<u64, Arc<Revocation>, BuildHasherDefault<KeyHasher>>;
 
-/// One shard: an immutable map swapped whole on change (copy on write: a change copies
+/// One shard: an immutable map, replaced whole on change (copy on write: a change copies
 /// `1/SHARDS` of the entries, as `Arc`s).
 #[derive(Default)]
 struct Shard {
@@ -212,10 +213,28 @@ impl Applied {
     }
 }
 
+/// Every shard, swapped whole: a reader makes one snapshot load for all its probes.
+struct Index {
+    shards: Box<[Arc<Shard>]>,
+}
+
+impl Index {
+    fn shard_of(key: u64) -> usize {
+        // Middle bits: the map's bucket index takes the low bits and its control byte the
+        // top seven; a shard fixing either would crowd its map.
+        (key >> 32) as usize % SHARDS
+    }
+
+    fn get(&self, key: u64) -> Option<&Arc<Revocation>> {
+        self.shards[Self::shard_of(key)].map.get(&key)
+    }
+}
+
 /// The in-memory revocation index. `Send + Sync`; share one. See the module doc.
 pub struct RevocationList {
-    shards: Box<[ArcSwap<Shard>]>,
-    /// Serialises writers (readers never wait): a change is a copy of one shard.
+    index: ArcSwap<Index>,
+    /// Serialises writers (readers never wait): a change copies one shard and the 64
+    /// shard pointers.
     write: Mutex<()>,
     /// Entries held (all kinds): the hot path's first and, when zero, only load.
     len: AtomicUsize,
@@ -226,20 +245,16 @@ pub struct RevocationList {
 
 impl RevocationList {
     pub fn new(max_entries: usize) -> Self {
+        let empty = Arc::new(Shard::empty());
         Self {
-            shards: (0..SHARDS)
-                .map(|_| ArcSwap::from_pointee(Shard::empty()))
-                .collect(),
+            index: ArcSwap::from_pointee(Index {
+                shards: (0..SHARDS).map(|_| empty.clone()).collect(),
+            }),
             write: Mutex::new(()),
             len: AtomicUsize::new(0),
             not_before: AtomicUsize::new(0),
             max_entries,
         }
-    }
-
-    fn shard(&self, key: u64) -> &ArcSwap<Shard> {
-        // The high bits: the map consumes the low ones.
-        &self.shards[(key >> 58) as usize % SHARDS]
     }
 
     /// Entries held (sid, sub and not-before).
@@ -261,8 +276,9 @@ impl RevocationList {
     }
 
     fn lookup(&self, p: &Probe<'_>) -> bool {
+        let index = self.index.load();
         let hit = |key: u64, kind: Kind, value: &str| {
-            self.shard(key).load().map.get(&key).is_some_and(|r| {
+            index.get(key).is_some_and(|r| {
                 r.kind == kind && *r.issuer == *p.issuer && *r.value == *value && r.covers(p.iat)
             })
         };
@@ -275,12 +291,17 @@ impl RevocationList {
     /// The realm's not-before (0 when none is held).
     pub fn not_before(&self, issuer: &str) -> u64 {
         let key = realm_key(issuer);
-        self.shard(key)
+        self.index
             .load()
-            .map
-            .get(&key)
+            .get(key)
             .filter(|r| r.kind == Kind::NotBefore && *r.issuer == *issuer)
             .map_or(0, |r| r.at)
+    }
+
+    fn full(&self) -> bool {
+        self.len()
+            .saturating_sub(self.not_before.load(Ordering::Relaxed))
+            >= self.max_entries
     }
 
     /// Adds `r` (or widens the entry it meets). Idempotent: replicas may apply one
@@ -289,15 +310,14 @@ impl RevocationList {
         if r.expires <= now {
             return Applied::Expired;
         }
+        if r.kind != Kind::NotBefore && self.full() {
+            // Full: make room from what is due first, then fall back to the realm.
+            self.sweep(now);
+        }
         let _w = self.write.lock();
         let key = r.key();
-        let cur = self.shard(key).load_full();
-        let full = r.kind != Kind::NotBefore
-            && self
-                .len()
-                .saturating_sub(self.not_before.load(Ordering::Relaxed))
-                >= self.max_entries;
-        match cur.map.get(&key) {
+        let index = self.index.load_full();
+        match index.get(key) {
             Some(old) if old.kind == r.kind && old.issuer == r.issuer && old.value == r.value => {
                 if old.at >= r.at && old.expires >= r.expires {
                     return Applied::Unchanged;
@@ -307,34 +327,21 @@ impl RevocationList {
                     expires: old.expires.max(r.expires),
                     ..r
                 };
-                self.store(key, merged, &cur);
+                self.store(&index, key, merged);
                 Applied::Extended
             }
             // A (never expected) key collision with another entry: the realm-wide fallback.
-            Some(_) => self.overflow(r, now),
-            None if full => {
-                // Full: make room from what is due first, then fall back to the realm.
-                drop(_w);
-                self.sweep(now);
-                if self
-                    .len()
-                    .saturating_sub(self.not_before.load(Ordering::Relaxed))
-                    >= self.max_entries
-                {
-                    let _w = self.write.lock();
-                    return self.overflow(r, now);
-                }
-                self.apply(r, now)
-            }
+            Some(_) => self.overflow(&index, r),
+            None if r.kind != Kind::NotBefore && self.full() => self.overflow(&index, r),
             None => {
-                self.store(key, r, &cur);
+                self.store(&index, key, r);
                 Applied::Added
             }
         }
     }
 
     /// The realm's not-before moved to cover what `r` covers (caller holds the write lock).
-    fn overflow(&self, r: Revocation, _now: u64) -> Applied {
+    fn overflow(&self, index: &Index, r: Revocation) -> Applied {
         tracing::error!(
             issuer = %r.issuer,
             kind = r.kind.as_str(),
@@ -348,8 +355,7 @@ impl RevocationList {
             ..r
         };
         let key = nb.key();
-        let cur = self.shard(key).load_full();
-        let merged = match cur.map.get(&key) {
+        let merged = match index.get(key) {
             Some(old) if old.kind == Kind::NotBefore => Revocation {
                 at: old.at.max(nb.at),
                 expires: old.expires.max(nb.expires),
@@ -357,59 +363,76 @@ impl RevocationList {
             },
             _ => nb,
         };
-        self.store(key, merged, &cur);
+        self.store(index, key, merged);
         Applied::Overflowed
     }
 
-    /// Writes `r` under `key` into a copy of `cur` (caller holds the write lock).
-    fn store(&self, key: u64, r: Revocation, cur: &Shard) {
+    /// Publishes `index` with `r` under `key` (caller holds the write lock).
+    fn store(&self, index: &Index, key: u64, r: Revocation) {
+        let i = Index::shard_of(key);
+        let cur = &index.shards[i];
         let mut map = cur.map.clone();
         let kind = r.kind;
         let expires = r.expires;
-        let old = map.insert(key, Arc::new(r));
-        if old.is_none() {
+        if map.insert(key, Arc::new(r)).is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
             if kind == Kind::NotBefore {
                 self.not_before.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let next_expiry = cur.next_expiry.min(expires);
-        self.shard(key).store(Arc::new(Shard { map, next_expiry }));
+        let mut shards = index.shards.to_vec();
+        shards[i] = Arc::new(Shard {
+            map,
+            next_expiry: cur.next_expiry.min(expires),
+        });
+        self.index.store(Arc::new(Index {
+            shards: shards.into_boxed_slice(),
+        }));
     }
 
     /// Drops every entry expired at `now`; returns how many.
     pub fn sweep(&self, now: u64) -> usize {
         let _w = self.write.lock();
-        let mut dropped = 0;
-        for shard in self.shards.iter() {
-            let cur = shard.load_full();
-            if cur.next_expiry > now {
-                continue;
-            }
-            let mut map = Map::default();
-            let mut nb_dropped = 0;
-            for (k, r) in &cur.map {
-                if r.expires > now {
-                    map.insert(*k, r.clone());
-                } else {
-                    dropped += 1;
-                    nb_dropped += usize::from(r.kind == Kind::NotBefore);
-                }
-            }
-            let next_expiry = map.values().map(|r| r.expires).min().unwrap_or(u64::MAX);
-            let removed = cur.map.len() - map.len();
-            shard.store(Arc::new(Shard { map, next_expiry }));
-            self.len.fetch_sub(removed, Ordering::Relaxed);
-            self.not_before.fetch_sub(nb_dropped, Ordering::Relaxed);
+        let index = self.index.load_full();
+        if index.shards.iter().all(|s| s.next_expiry > now) {
+            return 0;
         }
+        let (mut dropped, mut nb_dropped) = (0, 0);
+        let shards: Vec<Arc<Shard>> = index
+            .shards
+            .iter()
+            .map(|cur| {
+                if cur.next_expiry > now {
+                    return cur.clone();
+                }
+                let mut map = Map::default();
+                for (k, r) in &cur.map {
+                    if r.expires > now {
+                        map.insert(*k, r.clone());
+                    } else {
+                        dropped += 1;
+                        nb_dropped += usize::from(r.kind == Kind::NotBefore);
+                    }
+                }
+                let next_expiry = map.values().map(|r| r.expires).min().unwrap_or(u64::MAX);
+                Arc::new(Shard { map, next_expiry })
+            })
+            .collect();
+        self.index.store(Arc::new(Index {
+            shards: shards.into_boxed_slice(),
+        }));
+        self.len.fetch_sub(dropped, Ordering::Relaxed);
+        self.not_before.fetch_sub(nb_dropped, Ordering::Relaxed);
         dropped
     }
 
     /// Every entry held (for tests and the admin listing).
     pub fn entries(&self) -> Vec<Arc<Revocation>> {
-        self.shards
+        self.index
+            .load()
+            .shards
             .iter()
-            .flat_map(|s| s.load().map.values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.map.values().cloned().collect::<Vec<_>>())
             .collect()
     }
 }
