@@ -612,3 +612,48 @@ async fn the_cli_cuts_a_user_off_through_the_admin_listener_only() {
     assert_eq!(answer["revoked"]["kind"], "sub");
     refused_within(&gw, &tok, Duration::from_secs(1), "cli revoke").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_are_rate_limited() {
+    let env = Env::new().await;
+    let gw = env.gateway("revocation: {backchannel: {rate_per_second: 1}}\n");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post_form(&gw, HOST, "logout_token=x".into()).await.0);
+    }
+    // Burst 2x the rate: two are read (and refused as junk), the third is not.
+    assert_eq!(statuses, [400, 400, 429]);
+}
+
+#[test]
+fn revocation_settings_are_validated_with_field_names() {
+    let yaml = r#"
+listen: {proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}
+upstream: {default: "127.0.0.1:3"}
+keycloak: {base_url: "http://127.0.0.1:9", audiences: [backend]}
+revocation:
+  max_token_lifetime: 0s
+  max_entries: 0
+  backchannel: {path: "no-slash", max_age: 2h, max_body_bytes: 10, rate_per_second: 0, audiences: []}
+  not_before: {path: "no-slash"}
+  redis: {channel: "", key: ""}
+"#;
+    let err = realmgate::config::from_str(yaml, &std::collections::HashMap::new())
+        .err()
+        .expect("refused")
+        .to_string();
+    for field in [
+        "revocation.max_token_lifetime",
+        "revocation.max_entries",
+        "revocation.backchannel.path",
+        "revocation.backchannel.max_age",
+        "revocation.backchannel.max_body_bytes",
+        "revocation.backchannel.rate_per_second",
+        "revocation.backchannel.audiences",
+        "revocation.not_before.path",
+        "revocation.redis.channel",
+        "revocation.redis.key",
+    ] {
+        assert!(err.contains(field), "{field} in {err}");
+    }
+}
