@@ -54,6 +54,14 @@ impl ReplicaStatus {
     }
 }
 
+fn malformed() {
+    metrics()
+        .redis_errors_total
+        .with_label_values(&["revocation_decode"])
+        .inc();
+    tracing::warn!("malformed revocation record in redis ignored");
+}
+
 fn io_error(what: &'static str) -> RedisError {
     RedisError::from((redis::ErrorKind::Io, what))
 }
@@ -107,13 +115,15 @@ impl Replica {
             .arg(MAX_READ - 1)
             .query_async(conn)
             .await?;
-        let mut applied = 0;
-        for m in &members {
-            if self.receive(m, now) {
-                applied += 1;
+        let mine = &self.revoker.origin;
+        let theirs = members.iter().filter_map(|m| {
+            let decoded = decode(m);
+            if decoded.is_none() {
+                malformed();
             }
-        }
-        Ok(applied)
+            decoded.filter(|(_, origin)| origin != mine).map(|(r, _)| r)
+        });
+        Ok(self.revoker.take_loaded(theirs, now))
     }
 
     /// One member or message from another replica; true when it changed something.
@@ -124,11 +134,7 @@ impl Replica {
             }
             Some(_) => false,
             None => {
-                metrics()
-                    .redis_errors_total
-                    .with_label_values(&["revocation_decode"])
-                    .inc();
-                tracing::warn!("malformed revocation record in redis ignored");
+                malformed();
                 false
             }
         }

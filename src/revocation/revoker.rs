@@ -129,6 +129,35 @@ impl Revoker {
         applied
     }
 
+    /// Applies what a replica read from Redis at (re)connect: like [`Self::take`] from
+    /// [`Source::Replica`] for each, but one audit line for the lot (a restart would otherwise
+    /// repeat every revocation of the last hour in the audit log). Returns how many changed.
+    pub fn take_loaded(&self, rs: impl IntoIterator<Item = Revocation>, now: u64) -> usize {
+        let (mut read, mut changed) = (0u64, 0u64);
+        for r in rs {
+            read += 1;
+            changed += u64::from(self.list.apply(r, now).changed());
+        }
+        metrics()
+            .revocation_entries
+            .set(i64::try_from(self.list.len()).unwrap_or(i64::MAX));
+        metrics()
+            .revocations_total
+            .with_label_values(&[Source::Replica.as_str()])
+            .inc_by(changed);
+        if changed > 0 {
+            log_line!(
+                INFO,
+                "realmgate::audit",
+                "revocations read from redis",
+                source = Source::Replica.as_str(),
+                read = read,
+                applied = changed,
+            );
+        }
+        usize::try_from(changed).unwrap_or(usize::MAX)
+    }
+
     fn announce(&self, r: Revocation) {
         let Some(tx) = &self.outbox else { return };
         if tx.try_send(r).is_err() {
