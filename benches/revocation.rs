@@ -135,6 +135,51 @@ fn benches(c: &mut Criterion) {
         b.iter(|| list.is_revoked(std::hint::black_box(&rprobe)))
     });
 
+    // Isolation: the sub probe alone (no sid, a realm without not-before).
+    let other_iss = format!("{BASE}/realms/tenant-other");
+    let okeys = RevocationKeys::new(&other_iss, SUB, None);
+    let oprobe = Probe {
+        keys: &okeys,
+        issuer: &other_iss,
+        sub: SUB,
+        sid: None,
+        iat: t,
+    };
+    c.bench_function("revocation_check_10k_sub_only", |b| {
+        b.iter(|| list.is_revoked(std::hint::black_box(&oprobe)))
+    });
+    let nkeys = RevocationKeys::new(&iss, SUB, None);
+    let nprobe = Probe {
+        keys: &nkeys,
+        sid: None,
+        ..probe
+    };
+    c.bench_function("revocation_check_10k_sub_and_not_before", |b| {
+        b.iter(|| list.is_revoked(std::hint::black_box(&nprobe)))
+    });
+
+    let nb_only = RevocationList::new(100_000);
+    nb_only.apply(
+        Revocation {
+            kind: Kind::NotBefore,
+            issuer: iss.clone().into(),
+            value: "".into(),
+            at: t - 600,
+            expires: t + 3600,
+        },
+        t,
+    );
+    c.bench_function("revocation_check_nb_only", |b| {
+        b.iter(|| nb_only.is_revoked(std::hint::black_box(&nprobe)))
+    });
+    let old = Probe {
+        iat: t - 700,
+        ..nprobe
+    };
+    c.bench_function("revocation_check_10k_nb_covered", |b| {
+        b.iter(|| list.is_revoked(std::hint::black_box(&old)))
+    });
+
     let empty = RevocationList::new(100_000);
     c.bench_function("revocation_check_empty", |b| {
         b.iter(|| empty.is_revoked(std::hint::black_box(&probe)))
