@@ -173,7 +173,12 @@ pub(super) async fn serve(
     ctx: &mut RequestCtx,
     cfg: &RuntimeConfig,
 ) -> Result<bool> {
-    let answer = decide(shared, rate, session, ctx, cfg).await?;
+    let mut read = false;
+    let answer = decide(shared, rate, session, ctx, cfg, &mut read).await?;
+    // A request body we did not read would poison a reused connection.
+    if !read && super::has_body(session.req_header()) {
+        session.set_keepalive(None);
+    }
     if answer.status != 200 {
         metrics()
             .revocation_requests_refused_total
@@ -223,11 +228,11 @@ async fn decide(
     session: &mut Session,
     ctx: &mut RequestCtx,
     cfg: &RuntimeConfig,
+    read: &mut bool,
 ) -> Result<Answer> {
     let s = &cfg.revocation;
     let req = session.req_header();
     if cfg.limits.check(req).is_err() {
-        session.set_keepalive(None);
         return Ok(Answer::bad(
             "request_too_large",
             "the request head is too large",
@@ -239,7 +244,6 @@ async fn decide(
     {
         Some(t) => t,
         None => {
-            session.set_keepalive(None);
             return Ok(Answer {
                 status: 404,
                 reason: "unknown_host",
@@ -249,7 +253,6 @@ async fn decide(
     };
     ctx.tenant = Some(tenant.clone());
     if req.method != http::Method::POST {
-        session.set_keepalive(None);
         return Ok(Answer {
             status: 405,
             reason: "method_not_allowed",
@@ -257,7 +260,6 @@ async fn decide(
         });
     }
     if !rate.admit(s.rate_per_second) {
-        session.set_keepalive(None);
         return Ok(Answer {
             status: 429,
             reason: "rate_limited",
@@ -270,7 +272,6 @@ async fn decide(
             .get(s.backchannel_path.len())
             .is_none_or(|b| *b == b'?');
     if backchannel && !is_form(session) {
-        session.set_keepalive(None);
         return Ok(Answer::bad(
             "wrong_content_type",
             "the body must be application/x-www-form-urlencoded",
@@ -281,20 +282,14 @@ async fn decide(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || Answer::bad("body_too_large", "the request body is too large");
     if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
-        session.set_keepalive(None);
-        return Ok(Answer::bad(
-            "body_too_large",
-            "the request body is too large",
-        ));
+        return Ok(too_large());
     }
     let Some(body) = read_body(session, s.max_body_bytes).await? else {
-        session.set_keepalive(None);
-        return Ok(Answer::bad(
-            "body_too_large",
-            "the request body is too large",
-        ));
+        return Ok(too_large());
     };
+    *read = true;
     let now = shared.keys.now();
     if backchannel {
         Ok(logout(shared, s, &tenant.id, &tenant.realm, &body, now).await)
