@@ -549,7 +549,8 @@ async fn with_redis_down_a_revocation_still_applies_on_this_replica() {
     let env = Env::new().await;
     // Nothing listens there: the replica link keeps retrying.
     let dead = free_port();
-    let gw = env.gateway(&redis_section(dead, &prefix()));
+    let p = prefix();
+    let gw = env.gateway(&redis_section(dead, &p));
     let tok = env.token("mia", Some("m-1"), now());
     assert_eq!(status(&gw, &tok).await, 200);
     let (s, body) = logout(&gw, &env.logout_token(None, Some("m-1"))).await;
@@ -559,6 +560,43 @@ async fn with_redis_down_a_revocation_still_applies_on_this_replica() {
     let ready: Value = get_json(&gw.admin_url("/readyz")).await;
     assert_eq!(ready["revocation"]["replicated"], true, "{ready}");
     assert_eq!(ready["revocation"]["subscribed"], false, "{ready}");
+
+    // Redis comes back: the waiting revocation is written and published, so a replica
+    // started now refuses the token too.
+    let _redis = OwnRedis::start(dead);
+    until(|| subscribed(&gw), "the replica link reconnected").await;
+    let late = env.gateway(&redis_section(dead, &p));
+    until(|| subscribed(&late), "a second replica subscribed").await;
+    refused_within(
+        &late,
+        &tok,
+        Duration::from_secs(1),
+        "the revocation sent after the outage",
+    )
+    .await;
+}
+
+/// A redis-server of this test's own (killed on drop), for outages.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        Self(child)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
