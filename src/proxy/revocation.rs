@@ -24,7 +24,7 @@ use crate::revocation::not_before;
 use crate::revocation::replay::Seen;
 use crate::revocation::{Kind, RevocationSettings, Source};
 use crate::state::Shared;
-use crate::verify::{AuthError, VerifiedJws};
+use crate::verify::{AuthError, UnverifiedJws};
 
 /// The process-wide rate bound of the endpoints (rebuilt when the configured rate changes).
 pub(super) struct EndpointRate(parking_lot::Mutex<(u32, crate::jwks::TokenBucket)>);
@@ -92,16 +92,24 @@ fn logout_description(e: LogoutError) -> &'static str {
     }
 }
 
-/// `token` verified with the realm's keys, or the answer saying why not.
-async fn verified(
+/// `token` read for the realm (header rules), or the answer saying why not.
+fn read<'t>(
     shared: &Shared,
     s: &RevocationSettings,
-    realm: &str,
-    token: &str,
-) -> std::result::Result<VerifiedJws, Answer> {
+    realm: &'t str,
+    token: &'t str,
+) -> std::result::Result<UnverifiedJws<'t>, Answer> {
     shared
         .verifier
-        .verify_jws(realm, token, s.max_body_bytes)
+        .read_jws(realm, token, s.max_body_bytes)
+        .map_err(|e| unverified(&e))
+}
+
+/// The signature of `jws` checked with the realm's keys, or the answer saying why not.
+async fn verified(shared: &Shared, jws: &UnverifiedJws<'_>) -> std::result::Result<(), Answer> {
+    shared
+        .verifier
+        .verify_jws(jws)
         .await
         .map_err(|e| unverified(&e))
 }
@@ -312,7 +320,9 @@ async fn logout(
             "the body must carry exactly one logout_token field",
         );
     };
-    let jws = match verified(shared, s, realm, &token).await {
+    // Header rules, then the claims (pure), then the signature: only a plausible token can
+    // make an unknown kid cause a JWKS refetch.
+    let jws = match read(shared, s, realm, &token) {
         Ok(j) => j,
         Err(a) => return a,
     };
@@ -327,6 +337,9 @@ async fn logout(
         Ok(t) => t,
         Err(e) => return Answer::logout(e),
     };
+    if let Err(a) = verified(shared, &jws).await {
+        return a;
+    }
     let r = &shared.revoker;
     match r.replay.remember(&jws.issuer, &t.jti, t.fresh_until, now) {
         Seen::Replayed => return Answer::logout(LogoutError::Replayed),
@@ -375,11 +388,17 @@ async fn push_not_before(
     let Some(token) = std::str::from_utf8(body).ok().map(str::trim) else {
         return Answer::bad("malformed", "the body must be the signed not-before action");
     };
-    let jws = match verified(shared, s, realm, token).await {
+    let jws = match read(shared, s, realm, token) {
         Ok(j) => j,
         Err(a) => return a,
     };
-    match not_before::validate(&jws.payload, &s.audiences, now, s.leeway_secs) {
+    let checked = not_before::validate(&jws.payload, &s.audiences, now, s.leeway_secs);
+    if checked.is_ok() {
+        if let Err(a) = verified(shared, &jws).await {
+            return a;
+        }
+    }
+    match checked {
         Ok(0) => Answer::ok(),
         Ok(nb) => {
             shared.revoker.revoke(

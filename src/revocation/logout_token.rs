@@ -1,6 +1,7 @@
 //! Back-channel logout token claims (OpenID Connect Back-Channel Logout 1.0, §2.4 and §2.6).
-//! Pure: the signature (§2.6 step 1-2) was verified by the caller with the realm's keys under
-//! the access-token key rules (`Verifier::verify_jws`); this checks the rest.
+//! Pure: the caller reads the header under the access-token rules (`Verifier::read_jws`),
+//! runs these checks, and only then verifies the signature with the realm's keys (§2.6 steps
+//! 1-2, `Verifier::verify_jws`), so only a plausible token can cause a JWKS refetch.
 //!
 //! - header `typ`: `logout+jwt` (Keycloak since PR #29260, with or without `application/`)
 //!   or `JWT` (older Keycloak), or absent (explicit typing is only RECOMMENDED by §2.4);

@@ -1,7 +1,7 @@
 //! Keycloak's not-before push (the adapter protocol's `k_push_not_before` action): a JWS the
 //! realm signs, POSTed as the request body to `{client admin URL}/k_push_not_before`, whose
 //! payload is `{"id", "expiration", "resource", "action": "PUSH_NOT_BEFORE", "notBefore"}`.
-//! Pure: the signature was verified by the caller with the realm's keys.
+//! Pure: the caller verifies the signature with the realm's keys once these checks pass.
 
 use serde::Deserialize;
 

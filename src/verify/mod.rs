@@ -238,7 +238,13 @@ impl Verifier {
         }
 
         let key = self
-            .check_signature(&realm, &header, alg, signing_input, sig_b64)
+            .check_signature(
+                &realm,
+                header.kid.as_ref().map(|k| &*k.0),
+                alg,
+                signing_input,
+                sig_b64,
+            )
             .await?;
         let mut identity = build_identity(&claims, &policy, realm.issuer().clone())?;
         if let (Some(cache), Some(k)) = (&policy.cache, cache_key) {
@@ -254,12 +260,13 @@ impl Verifier {
         }
         Ok(Arc::new(identity))
     }
+
     /// Verifies the signature of `signing_input` with `realm`'s key the header names, under
     /// the access-token key rules (known kid, the key's own algorithm).
     async fn check_signature(
         &self,
         realm: &Arc<crate::jwks::Realm>,
-        header: &JoseHeader<'_>,
+        kid: Option<&str>,
         alg: Alg,
         signing_input: &str,
         sig_b64: &str,
@@ -270,7 +277,6 @@ impl Verifier {
         }
         let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
         let sig = b64_decode_into(sig_b64, &mut sig_buf)?;
-        let kid = header.kid.as_ref().map(|k| &*k.0);
         let key = self.keys.key(realm, kid).await?;
         key.verify(alg, signing_input.as_bytes(), sig)
             .map_err(|r| match r {
@@ -280,53 +286,78 @@ impl Verifier {
         Ok(key)
     }
 
-    /// Verifies a compact JWS other than an access token (a back-channel logout token, a
-    /// not-before push) with `realm`'s keys under exactly the access-token rules: header policy
-    /// (no key-in-token, no `crit`), `alg` allowed for the realm (never `none` or HS*), `kid`
-    /// required unless the realm allows its absence, signature by a current realm key. The
-    /// payload is returned unread: its claims are the caller's to check.
-    pub async fn verify_jws(
+    /// Reads a compact JWS other than an access token (a back-channel logout token, a
+    /// not-before push) for `realm` under exactly the access-token header rules: no
+    /// key-in-token parameters, no `crit`, `alg` allowed for the realm (never `none` or HS*),
+    /// `kid` required unless the realm allows its absence. Nothing is looked up or fetched:
+    /// the caller checks the claims first (cheap, pure), then [`Self::verify_jws`] checks
+    /// the signature, so only a plausible token can make an unknown `kid` cause a refetch.
+    pub fn read_jws<'t>(
         &self,
-        realm_name: &str,
-        token: &str,
+        realm: &'t str,
+        token: &'t str,
         max_bytes: usize,
-    ) -> Result<VerifiedJws, AuthError> {
+    ) -> Result<UnverifiedJws<'t>, AuthError> {
         if token.len() > max_bytes {
             return Err(AuthError::TokenTooLarge);
         }
         let (signing_input, header_b64, payload_b64, sig_b64) = split_jws(token)?;
         let mut header_buf = [0u8; MAX_HEADER_BYTES];
         let (header, alg) = parse_header(header_b64, &mut header_buf)?;
-        let expected = self.keys.expectation(realm_name);
+        let expected = self.keys.expectation(realm);
         if !expected.allows(alg) {
             return Err(AuthError::AlgNotAllowed);
         }
         if header.kid.is_none() && !expected.allow_missing_kid {
             return Err(AuthError::MissingKeyId);
         }
-        let payload = b64_decode(payload_b64)?;
-        let realm = self.keys.realm(realm_name).await?;
-        if !realm.expectation().allows(alg) {
+        Ok(UnverifiedJws {
+            realm,
+            signing_input,
+            sig_b64,
+            alg,
+            kid: header.kid.as_ref().map(|k| k.0.to_string()),
+            typ: header.typ.as_ref().map(|t| t.0.to_string()),
+            payload: b64_decode(payload_b64)?,
+            issuer: expected.issuer,
+        })
+    }
+
+    /// Verifies the signature of a JWS [`Self::read_jws`] read with a current key of its
+    /// realm (the access-token key rules); refused if the realm's issuer changed meanwhile.
+    pub async fn verify_jws(&self, jws: &UnverifiedJws<'_>) -> Result<(), AuthError> {
+        let realm = self.keys.realm(jws.realm).await?;
+        if **realm.issuer() != *jws.issuer {
+            return Err(AuthError::IssuerMismatch);
+        }
+        if !realm.expectation().allows(jws.alg) {
             return Err(AuthError::AlgNotAllowed);
         }
-        self.check_signature(&realm, &header, alg, signing_input, sig_b64)
-            .await?;
-        Ok(VerifiedJws {
-            typ: header.typ.as_ref().map(|t| t.0.to_string()),
-            payload,
-            issuer: realm.issuer().clone(),
-        })
+        self.check_signature(
+            &realm,
+            jws.kid.as_deref(),
+            jws.alg,
+            jws.signing_input,
+            jws.sig_b64,
+        )
+        .await?;
+        Ok(())
     }
 }
 
-/// A JWS whose signature [`Verifier::verify_jws`] verified.
+/// A JWS [`Verifier::read_jws`] read; its signature is not verified yet.
 #[derive(Debug)]
-pub struct VerifiedJws {
+pub struct UnverifiedJws<'t> {
+    realm: &'t str,
+    signing_input: &'t str,
+    sig_b64: &'t str,
+    alg: Alg,
+    kid: Option<String>,
     /// The header's `typ`.
     pub typ: Option<String>,
     /// The decoded payload, unread.
     pub payload: Vec<u8>,
-    /// The issuer of the realm whose key verified it.
+    /// The issuer of the realm it is read for (what its claims must name).
     pub issuer: Arc<str>,
 }
 
