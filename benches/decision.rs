@@ -156,6 +156,7 @@ struct Fixture {
     config: ArcSwap<RuntimeConfig>,
     verifier: Verifier,
     grants: Arc<GrantStore<PermissionSet>>,
+    revocations: realmgate::revocation::RevocationList,
     host: &'static [u8],
     target: &'static [u8],
     method: Method,
@@ -219,6 +220,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         config: ArcSwap::from_pointee(cfg),
         verifier,
         grants,
+        revocations: realmgate::revocation::RevocationList::new(100_000),
         host: host.as_bytes(),
         target,
         method: Method::GET,
@@ -239,6 +241,7 @@ async fn decide(f: &Fixture) -> Option<&'static str> {
     let deps = Deps {
         verifier: &f.verifier,
         grants: &f.grants,
+        revocations: &f.revocations,
     };
     let input = Input {
         req: &f.req,

@@ -1,5 +1,8 @@
 //! The admin listener: liveness, readiness and metrics on their own port, never on the
-//! proxy port (they must not be reachable by tenants' clients).
+//! proxy port (they must not be reachable by tenants' clients). Also the operator's
+//! revocations: `POST /revoke` (`{"tenant": .., "sub": ..}` or `"sid"`) and
+//! `POST /not-before` (`{"tenant": .., "not_before": unix seconds, default now}`); a tenant
+//! may be named by `"realm"` instead (host-pattern tenants have no id).
 
 use std::sync::Arc;
 
@@ -10,7 +13,22 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::metrics::metrics;
+use crate::revocation::{Kind, Source};
 use crate::state::Shared;
+
+/// Largest admin request body read.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+/// The body of `POST /revoke` and `POST /not-before`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    tenant: Option<String>,
+    realm: Option<String>,
+    sub: Option<String>,
+    sid: Option<String>,
+    not_before: Option<u64>,
+}
 
 pub struct AdminApp {
     shared: Arc<Shared>,
@@ -49,15 +67,21 @@ impl AdminApp {
                         "loader": g.loader_name(),
                     })
                 });
+                let replica = self.shared.revocation_replica.lock().clone();
+                let revocation = json!({
+                    "entries": self.shared.revoker.list.len(),
+                    "replicated": replica.is_some(),
+                    "subscribed": replica.is_some_and(|r| r.subscribed()),
+                });
                 if reasons.is_empty() {
                     json_response(
                         StatusCode::OK,
-                        json!({"status": "ready", "realms": realms, "grants": grants}),
+                        json!({"status": "ready", "realms": realms, "grants": grants, "revocation": revocation}),
                     )
                 } else {
                     json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"status": "not_ready", "reasons": reasons, "realms": realms, "grants": grants}),
+                        json!({"status": "not_ready", "reasons": reasons, "realms": realms, "grants": grants, "revocation": revocation}),
                     )
                 }
             }
@@ -96,6 +120,81 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /revoke` and `POST /not-before`: the operator's revocation (source `admin`).
+    pub fn revoke(&self, path: &str, body: &[u8]) -> Response<Vec<u8>> {
+        let bad = |why: &str| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "message": why}),
+            )
+        };
+        let Ok(req) = serde_json::from_slice::<RevokeRequest>(body) else {
+            return bad("the body must be a JSON object with tenant (or realm) and sub or sid");
+        };
+        let cfg = self.shared.config.load();
+        let realm = match (&req.tenant, &req.realm) {
+            (Some(id), None) => match cfg.tenants.tenant_by_id(id) {
+                Some(t) => t.realm.to_string(),
+                None => {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({"error": "unknown_tenant", "message": "no tenant has this id"}),
+                    )
+                }
+            },
+            (None, Some(realm)) if crate::jwks::valid_realm_name(realm) => realm.clone(),
+            _ => return bad("name exactly one of tenant or realm"),
+        };
+        let tenant = req.tenant.as_deref().unwrap_or("");
+        let s = &cfg.revocation;
+        let now = self.shared.keys.now();
+        let issuer = self.shared.verifier.issuer_for(&realm);
+        let value_ok = |v: &str| {
+            !v.is_empty()
+                && v.len() <= crate::revocation::logout_token::MAX_VALUE_LEN
+                && !v.chars().any(char::is_control)
+        };
+        let (kind, value, at) = match (path, req.sub, req.sid, req.not_before) {
+            ("/revoke", Some(sub), None, None) if value_ok(&sub) => (Kind::Sub, sub, now),
+            ("/revoke", None, Some(sid), None) if value_ok(&sid) => (Kind::Sid, sid, now),
+            ("/revoke", ..) => return bad("name exactly one of sub or sid"),
+            ("/not-before", None, None, nb) => {
+                let nb = nb.unwrap_or(now);
+                if nb > now.saturating_add(s.leeway_secs) {
+                    return bad("not_before must not be in the future");
+                }
+                (Kind::NotBefore, String::new(), nb)
+            }
+            _ => return bad("/not-before takes only tenant (or realm) and not_before"),
+        };
+        let applied = self.shared.revoker.revoke(
+            kind,
+            issuer.clone(),
+            &value,
+            at,
+            s.hold_secs,
+            Source::Admin,
+            tenant,
+            now,
+        );
+        json_response(
+            StatusCode::OK,
+            json!({
+                "revoked": {
+                    "kind": kind.as_str(),
+                    "realm": realm,
+                    "issuer": &*issuer,
+                    "value": value,
+                    "at": at,
+                    "expires": at.saturating_add(s.hold_secs),
+                    "result": format!("{applied:?}").to_ascii_lowercase(),
+                }
+            }),
+        )
+    }
+}
+
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     let body = v.to_string().into_bytes();
     Response::builder()
@@ -112,6 +211,30 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        if method == http::Method::POST && (path == "/revoke" || path == "/not-before") {
+            let mut body = Vec::new();
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ADMIN_BODY => {
+                        body.extend_from_slice(&chunk)
+                    }
+                    Ok(Some(_)) => {
+                        return json_response(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            json!({"error": "body_too_large"}),
+                        )
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            json!({"error": "bad_request"}),
+                        )
+                    }
+                }
+            }
+            return self.revoke(&path, &body);
+        }
         self.handle(&method, &path)
     }
 }

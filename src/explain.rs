@@ -105,9 +105,12 @@ pub async fn explain(
         Ok(s) => s,
         Err(e) => return out.usage(format!("redis settings: {e}")),
     };
+    // A fresh process knows no revocations (explain answers from the config, not a replica).
+    let revocations = crate::revocation::RevocationList::new(1);
     let deps = Deps {
         verifier: &verifier,
         grants: &grants,
+        revocations: &revocations,
     };
     let input = Input {
         req: &req,

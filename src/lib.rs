@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod reload;
 pub mod request_target;
 pub mod respond;
+pub mod revocation;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -71,6 +71,23 @@ enum Command {
         #[arg(long)]
         claims: Option<String>,
     },
+    /// Cut a user or a session off now, on every replica: `POST /revoke` on the admin
+    /// listener. Exit code: 0 revoked, 1 refused or unreachable.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["sub", "sid"])))]
+    Revoke {
+        /// The admin listener, e.g. http://127.0.0.1:9100
+        #[arg(long)]
+        admin: String,
+        /// The tenant id (its realm is revoked in).
+        #[arg(long)]
+        tenant: String,
+        /// Every session of this subject (`sub` claim).
+        #[arg(long)]
+        sub: Option<String>,
+        /// This one session (`sid` claim).
+        #[arg(long)]
+        sid: Option<String>,
+    },
     /// Run a self-contained demo: gateway, demo identity provider and echo upstream.
     Demo {
         /// Proxy listen address (default: a free port on 127.0.0.1).
@@ -138,15 +155,9 @@ fn main() -> ExitCode {
                 },
                 (None, None) => Credentials::None,
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start a runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let result = rt.block_on(explain(std::sync::Arc::new(cfg), &method, &url, creds));
             print!("{}", result.text);
@@ -156,6 +167,12 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Command::Revoke {
+            admin,
+            tenant,
+            sub,
+            sid,
+        } => revoke(&admin, &tenant, sub, sid),
         Command::Demo { proxy, admin } => {
             let log = realmgate::telemetry::init(
                 &realmgate::config::raw::LoggingSection::default(),
@@ -214,6 +231,56 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// A single-threaded runtime for the one-shot commands.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start a runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// `realmgate revoke`: one `POST /revoke` to the admin listener.
+fn revoke(admin: &str, tenant: &str, sub: Option<String>, sid: Option<String>) -> ExitCode {
+    let url = format!("{}/revoke", admin.trim_end_matches('/'));
+    let mut body = serde_json::json!({ "tenant": tenant });
+    if let Some(sub) = sub {
+        body["sub"] = sub.into();
+    }
+    if let Some(sid) = sid {
+        body["sid"] = sid.into();
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let sent = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let r = client.post(&url).json(&body).send().await?;
+        let status = r.status();
+        Ok::<_, reqwest::Error>((status, r.text().await?))
+    });
+    match sent {
+        Ok((status, text)) => {
+            println!("{text}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{url}: {status}");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::from(1)
         }
     }
 }

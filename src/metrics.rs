@@ -127,6 +127,12 @@ pub struct Metrics {
     pub grant_invalidations_total: IntCounterVec,
     /// 1 for the active grant invalidation mode (`tracking`, `keyspace`, `ttl`, `none`).
     pub grant_invalidation_mode: IntGaugeVec,
+    /// Revocations taken, by `source` (`backchannel`, `not_before`, `admin`, `replica`).
+    pub revocations_total: IntCounterVec,
+    /// Revocation entries held (sid, sub and not-before).
+    pub revocation_entries: IntGauge,
+    /// Back-channel logout and not-before requests refused, by `reason`: bounded labels.
+    pub revocation_requests_refused_total: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -345,6 +351,29 @@ impl Metrics {
                     .expect("metric registered once");
                 c
             },
+            revocations_total: counter_vec(
+                r,
+                "realmgate_revocations_total",
+                "Revocations taken (sessions, subjects, not-before), by source.",
+                &["source"],
+            ),
+            revocation_entries: {
+                let g = IntGauge::new(
+                    "realmgate_revocation_entries",
+                    "Revocation entries held (sid, sub and not-before).",
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            revocation_requests_refused_total: counter_vec(
+                r,
+                "realmgate_revocation_requests_refused_total",
+                "Back-channel logout and not-before requests refused, by reason.",
+                &["reason"],
+            ),
             registry,
         }
     }

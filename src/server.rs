@@ -101,6 +101,31 @@ pub fn build_server(
             },
         ));
     }
+    // Revocations: expiry sweeps, and the Redis replica link when Redis is configured.
+    server.add_service(background_service(
+        "revocation sweeper",
+        crate::revocation::revoker::Sweeper {
+            revoker: shared.revoker.clone(),
+            clock: crate::revocation::unix_now,
+        },
+    ));
+    let replica = shared.config.load().revocation.replica.clone();
+    if let (Some(settings), Some(outbox)) = (replica, shared.revocation_outbox.lock().take()) {
+        let (replica, status) = crate::revocation::replica::Replica::new(
+            settings,
+            shared.revoker.clone(),
+            outbox,
+            crate::revocation::unix_now,
+        );
+        *shared.revocation_replica.lock() = Some(status);
+        server.add_service(background_service(
+            "revocation replica",
+            UntilDrained {
+                inner: replica,
+                stop: after_drain.clone(),
+            },
+        ));
+    }
     if let Some((url, key, channel)) = tenant_sync {
         server.add_service(background_service(
             "runtime tenants",

@@ -13,6 +13,8 @@ use crate::config::raw::{RawConfig, TenantSection};
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::grants::GrantStore;
 use crate::jwks::{key_store, JwksRefresher, KeyStore};
+use crate::revocation::replica::ReplicaStatus;
+use crate::revocation::{Revocation, Revoker};
 use crate::verify::Verifier;
 
 /// Everything that outlives one request. The config is an `ArcSwap` snapshot: a request
@@ -26,6 +28,12 @@ pub struct Shared {
     /// The identity-assertion signing key, chosen at start (loaded or generated) so the
     /// published JWKS survives reloads; `None` when the feature was off at start.
     pub assertion: Option<AssertionKey>,
+    /// Revoked sessions, subjects and realm not-befores (outlive reloads).
+    pub revoker: Arc<Revoker>,
+    /// Revocations for the Redis replica link, taken by `server` when Redis is configured.
+    pub revocation_outbox: Mutex<Option<tokio::sync::mpsc::Receiver<Revocation>>>,
+    /// Whether the replica link is subscribed (stays false without Redis).
+    pub revocation_replica: Mutex<Option<ReplicaStatus>>,
     /// Set when graceful shutdown starts, so `/readyz` turns away new traffic first.
     draining: AtomicBool,
     /// The file's config (before run-time tenants are merged in) and where it came from.
@@ -53,7 +61,14 @@ impl Shared {
             .map(AssertionKey::for_settings)
             .transpose()
             .map_err(|e| format!("assertion: {e}"))?;
+        let (revoker, revocation_outbox) = Revoker::new(
+            config.revocation.max_entries,
+            config.revocation.replica.is_some(),
+        );
         let shared = Arc::new(Self {
+            revoker: Arc::new(revoker),
+            revocation_outbox: Mutex::new(revocation_outbox),
+            revocation_replica: Mutex::new(None),
             base,
             runtime_tenants: Mutex::new(Vec::new()),
             writer: Mutex::new(()),
@@ -96,7 +111,10 @@ impl Shared {
                 )
             })
         };
-        if redis(&old) != redis(&new) {
+        if redis(&old) != redis(&new)
+            || old.revocation.replica != new.revocation.replica
+            || old.revocation.max_entries != new.revocation.max_entries
+        {
             tracing::warn!(
                 "redis settings (url, channel, key_prefix, invalidation, loader) changed: they take effect at the next restart or upgrade"
             );

@@ -10,6 +10,7 @@ mod errors;
 mod keycloak;
 pub mod loader;
 pub mod raw;
+mod revocation;
 mod runtime;
 
 use std::fmt;

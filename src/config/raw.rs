@@ -52,6 +52,8 @@ pub struct RawConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub assertion: AssertionSection,
+    #[serde(default)]
+    pub revocation: RevocationSection,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -651,6 +653,104 @@ impl Default for AssertionSection {
             issuer: "realmgate".into(),
             audience: "backend".into(),
             key_file: None,
+        }
+    }
+}
+
+/// `revocation:`: back-channel logout, not-before and their replication (README,
+/// "Revocation").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationSection {
+    /// Answer the back-channel logout and not-before endpoints and check revocations.
+    pub enabled: bool,
+    /// The longest access-token lifetime of any realm: a revocation is held this long (plus
+    /// `keycloak.leeway`) after its time, then no token it covers can still be valid.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
+    /// sid and sub entries held at most; past it a revocation becomes its realm's not-before.
+    pub max_entries: usize,
+    pub backchannel: BackchannelSection,
+    pub not_before: NotBeforeSection,
+    /// Redis channel and sorted set shared by replicas (with `redis.url`).
+    pub redis: RevocationRedisSection,
+}
+
+impl Default for RevocationSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_token_lifetime: d(3600),
+            max_entries: 100_000,
+            backchannel: BackchannelSection::default(),
+            not_before: NotBeforeSection::default(),
+            redis: RevocationRedisSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackchannelSection {
+    /// Reserved path on every tenant host (POST, form field `logout_token`).
+    pub path: String,
+    /// Clients a logout token's `aud` must name one of (default: `keycloak.audiences`).
+    pub audiences: Option<Vec<String>>,
+    /// A logout token whose `iat` is older than this is refused.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A token with both `sid` and `sub` also ends every session of the `sub`.
+    pub revoke_subject: bool,
+    /// Largest request body read.
+    pub max_body_bytes: usize,
+    /// Logout and not-before requests per second, all hosts together (burst 2x).
+    pub rate_per_second: u32,
+}
+
+impl Default for BackchannelSection {
+    fn default() -> Self {
+        Self {
+            path: "/.realmgate/backchannel-logout".into(),
+            audiences: None,
+            max_age: d(120),
+            revoke_subject: true,
+            max_body_bytes: 16 * 1024,
+            rate_per_second: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotBeforeSection {
+    /// Reserved path of Keycloak's `k_push_not_before` action (the client's Admin URL is this
+    /// path without `/k_push_not_before`).
+    pub path: String,
+}
+
+impl Default for NotBeforeSection {
+    fn default() -> Self {
+        Self {
+            path: "/.realmgate/k_push_not_before".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationRedisSection {
+    /// Pub/sub channel revocations are announced on.
+    pub channel: String,
+    /// Sorted set holding every live revocation (score: its expiry), read at start and after
+    /// every reconnect.
+    pub key: String,
+}
+
+impl Default for RevocationRedisSection {
+    fn default() -> Self {
+        Self {
+            channel: "realmgate:revocations".into(),
+            key: "realmgate:revocations".into(),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::grants::{GrantSettings, InvalidationPreference};
 use crate::headers::{HeaderNames, HeaderPolicy};
 use crate::jwks::JwksSettings;
 use crate::limits::RequestLimits;
+use crate::revocation::RevocationSettings;
 use crate::tenant::{HostPatternDef, Tenant, TenantDef, TenantSource, TenantStatus, TenantTable};
 use crate::verify::VerifySettings;
 
@@ -91,6 +92,8 @@ pub struct RuntimeConfig {
     pub static_realms: Vec<String>,
     /// Signed identity assertion; `None` when disabled (the request path's only check).
     pub assertion: Option<AssertionSettings>,
+    /// Back-channel logout, not-before and their replication.
+    pub revocation: RevocationSettings,
 }
 
 impl RuntimeConfig {
@@ -452,6 +455,7 @@ impl RuntimeConfig {
             loader,
             ..GrantSettings::default()
         });
+        let revocation = super::revocation::compile(&raw, &mut e);
         let warnings = load_warnings(&raw);
         let mut static_realms: Vec<String> = raw.tenants.iter().map(|t| t.realm.clone()).collect();
         static_realms.sort();
@@ -538,6 +542,7 @@ impl RuntimeConfig {
                     grants,
                     static_realms,
                     assertion,
+                    revocation,
                     raw,
                     source,
                 })

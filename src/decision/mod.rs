@@ -9,7 +9,8 @@
 //! 4. route (tenant rules, then global rules, then `default_policy`; shadow mode per rule),
 //!    and the route's body bound against a declared `Content-Length` (413)
 //! 5. credentials -> verified token of the tenant's own realm (shadow mode included: it
-//!    relaxes authorization, never authentication)
+//!    relaxes authorization, never authentication), then not revoked (its session or
+//!    subject logged out, or issued before the realm's not-before: 401 `token_revoked`)
 //! 6. effective permission set (config roles, token claim, Redis grants; cached)
 //! 7. the route's permission against it
 //!
@@ -35,6 +36,7 @@ use crate::grants::GrantStore;
 use crate::limits::check_declared_body;
 use crate::request_target::{origin_form, request_host};
 use crate::respond::Rejection;
+use crate::revocation::RevocationList;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity, Verifier};
 
@@ -56,6 +58,7 @@ pub struct Input<'a> {
 pub struct Deps<'a> {
     pub verifier: &'a Verifier,
     pub grants: &'a GrantStore<PermissionSet>,
+    pub revocations: &'a RevocationList,
 }
 
 /// The decision and what it was made about (for forwarding, logs and audit).
@@ -288,7 +291,15 @@ pub async fn decide<T: Trace>(
         Ok(Some(token)) => deps.verifier.verify(&tenant.id, &tenant.realm, token).await,
         Ok(None) => Err(AuthError::MissingToken),
         Err(e) => Err(e),
-    };
+    }
+    .and_then(|i| {
+        // The cache-hit path included: a revocation outlives no cached verification.
+        if deps.revocations.is_revoked(&i.revocation_probe()) {
+            Err(AuthError::TokenRevoked)
+        } else {
+            Ok(i)
+        }
+    });
     let identity = match verified {
         Ok(i) => i,
         Err(e) => {

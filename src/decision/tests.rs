@@ -47,6 +47,7 @@ struct Fixture {
     cfg: RuntimeConfig,
     verifier: Verifier,
     grants: Arc<GrantStore<PermissionSet>>,
+    revocations: crate::revocation::RevocationList,
     key: SigningKey,
 }
 
@@ -64,6 +65,7 @@ fn fixture() -> Fixture {
         cfg,
         verifier,
         grants,
+        revocations: crate::revocation::RevocationList::new(100),
         key,
     }
 }
@@ -104,6 +106,7 @@ impl Fixture {
         let deps = Deps {
             verifier: &self.verifier,
             grants: &self.grants,
+            revocations: &self.revocations,
         };
         let input = Input {
             req,
@@ -322,6 +325,7 @@ async fn a_set_compiled_from_a_replaced_snapshot_is_never_served_on_the_new_one(
     let deps = Deps {
         verifier: &f.verifier,
         grants: &f.grants,
+        revocations: &f.revocations,
     };
     let input = Input {
         req: &req,
@@ -396,4 +400,37 @@ async fn the_permission_claim_is_part_of_the_permission_cache_key() {
         .decide(&request("DELETE", "acme.test", "/users/7", Some(&narrow)))
         .await;
     assert_eq!(refusal(&d), (403, "forbidden", Stage::Permission));
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_after_verification_even_from_the_cache() {
+    use crate::revocation::{Kind, Revocation};
+    let f = fixture();
+    let viewer = f.token("tenant-acme", &["viewer"]);
+    let req = request("GET", "acme.test", "/me", Some(&viewer));
+    let first = f.decide(&req).await;
+    assert!(matches!(forward(&first).verdict, Verdict::Authenticated));
+    f.revocations.apply(
+        Revocation {
+            kind: Kind::Sub,
+            issuer: format!("{BASE}/realms/tenant-acme").into(),
+            value: "u-1".into(),
+            at: now(),
+            expires: now() + 60,
+        },
+        now(),
+    );
+    let (d, trace) = f.decide_traced(&req).await;
+    assert_eq!(refusal(&d), (401, "token_revoked", Stage::Token));
+    let challenge = match &d.outcome {
+        Outcome::Refuse { rejection, .. } => {
+            rejection.challenge.as_deref().map(|c| c.header_value())
+        }
+        Outcome::Forward(_) => None,
+    };
+    assert!(challenge.is_some_and(|c| c.contains("error=\"invalid_token\"")));
+    assert!(
+        trace.iter().any(|l| l.contains("token_revoked")),
+        "{trace:?}"
+    );
 }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 /// `rate` tokens a second, holding at most `2 × rate` (at least 1).
-pub(super) struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -13,7 +13,7 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(per_second: u32, now: Instant) -> Self {
+    pub(crate) fn new(per_second: u32, now: Instant) -> Self {
         let rate = f64::from(per_second);
         let burst = (rate * 2.0).max(1.0);
         Self {
@@ -25,7 +25,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub(super) fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -53,9 +53,11 @@ mod store;
 pub(crate) mod testkit;
 
 pub use alg::{Alg, AlgSet};
+pub(crate) use bucket::TokenBucket;
 pub(crate) use error::KeyError;
 pub use fetch::parse_max_age;
 pub(crate) use keys::KeyRefusal;
+pub(crate) use realm::Realm;
 // For `crate::fuzzing`: the JWKS parser on arbitrary documents.
 pub(crate) use keys::{build_key_set, KeySet};
 pub use keys::{PreparedKey, MAX_KEYS_PER_REALM};

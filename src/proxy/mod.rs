@@ -6,6 +6,7 @@
 //! writes the verified identity; `logging` records metrics and the access line.
 
 mod audit;
+mod revocation;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -36,11 +37,16 @@ pub use crate::request_target::{absolute_form_authority, origin_form, request_ho
 /// The Pingora proxy application.
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// The rate bound of the back-channel logout and not-before endpoints.
+    revocation_rate: revocation::EndpointRate,
 }
 
 impl Gateway {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            revocation_rate: revocation::EndpointRate::new(),
+        }
     }
 }
 
@@ -194,10 +200,18 @@ impl ProxyHttp for Gateway {
         // Before anything else: the client never speaks for realmgate.
         cfg.headers.strip_owned(req);
 
+        // The reserved revocation paths are the gateway's own, on every tenant host.
+        if revocation::is_endpoint(&cfg, session.req_header().raw_path()) {
+            ctx.config = Some(cfg.clone());
+            return revocation::serve(&self.shared, &self.revocation_rate, session, ctx, &cfg)
+                .await;
+        }
+
         let req = session.req_header();
         let deps = Deps {
             verifier: &self.shared.verifier,
             grants: &self.shared.grants,
+            revocations: &self.shared.revoker.list,
         };
         let d = decide(&cfg, deps, &Input { req, is_h2, peer }, &mut NoTrace).await;
 

@@ -188,13 +188,15 @@ pub(super) struct Claims<'a> {
     iss: Option<BStr<'a>>,
     pub(super) sub: Option<BStr<'a>>,
     pub(super) azp: Option<BStr<'a>>,
+    /// Keycloak's session id (revocation by session).
+    pub(super) sid: Option<BStr<'a>>,
     pub(super) typ: Option<BStr<'a>>,
     pub(super) preferred_username: Option<BStr<'a>>,
     pub(super) email: Option<BStr<'a>>,
     aud: Aud<'a>,
     pub(super) exp: Option<u64>,
     nbf: Option<u64>,
-    iat: Option<u64>,
+    pub(super) iat: Option<u64>,
     pub(super) realm_roles: Vec<BStr<'a>>,
     pub(super) client_roles: Vec<BStr<'a>>,
     pub(super) captured: Vec<(BStr<'a>, Value)>,
@@ -250,12 +252,13 @@ fn fill_known<E: de::Error>(
             .map_err(|_| E::custom("bad date"))
     };
     match key {
-        "iss" | "sub" | "azp" | "typ" | "preferred_username" | "email" => {
+        "iss" | "sub" | "azp" | "sid" | "typ" | "preferred_username" | "email" => {
             if let Some(s) = string(v)? {
                 let slot = match key {
                     "iss" => &mut c.iss,
                     "sub" => &mut c.sub,
                     "azp" => &mut c.azp,
+                    "sid" => &mut c.sid,
                     "typ" => &mut c.typ,
                     "preferred_username" => &mut c.preferred_username,
                     _ => &mut c.email,
@@ -321,12 +324,13 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                         once(&mut c.iss, v, k)?;
                     }
                 }
-                "sub" | "azp" | "typ" | "preferred_username" | "email" => {
+                "sub" | "azp" | "sid" | "typ" | "preferred_username" | "email" => {
                     let v = map.next_value::<Option<BStr<'de>>>()?;
                     if let Some(v) = v {
                         let slot = match k {
                             "sub" => &mut c.sub,
                             "azp" => &mut c.azp,
+                            "sid" => &mut c.sid,
                             "typ" => &mut c.typ,
                             "preferred_username" => &mut c.preferred_username,
                             _ => &mut c.email,

@@ -40,6 +40,8 @@ pub enum AuthError {
     RealmUnavailable { retry_after_secs: u64 },
     #[error("unknown tenant")]
     UnknownTenant,
+    #[error("token revoked")]
+    TokenRevoked,
 }
 
 impl AuthError {
@@ -63,6 +65,7 @@ impl AuthError {
             AuthError::MissingSubject => "missing_subject",
             AuthError::RealmUnavailable { .. } => "realm_unavailable",
             AuthError::UnknownTenant => "unknown_tenant",
+            AuthError::TokenRevoked => "token_revoked",
         }
     }
 
@@ -99,6 +102,7 @@ impl AuthError {
                 "The identity provider is unavailable, try again later"
             }
             AuthError::UnknownTenant => "Unknown tenant",
+            AuthError::TokenRevoked => "The session behind the access token ended",
         }
     }
 

@@ -11,6 +11,7 @@ use super::cache::Proof;
 use super::claims::Claims;
 use super::error::AuthError;
 use super::settings::Policy;
+use crate::revocation::{Probe, RevocationKeys};
 
 /// Names already taken, for deduplication without allocating: quick hashes compared first,
 /// bytes on a hash match, in a fixed inline array; a hash set past that, so a token with
@@ -174,11 +175,17 @@ fn build_roles<'a>(
 /// shared [`RoleSet`] per distinct combination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    /// `sub`, then `preferred_username`, then `email`, back to back (UTF-8, header-safe).
+    /// `sub`, then `preferred_username`, then `email`, then `sid`, back to back (UTF-8,
+    /// header-safe).
     text: Bytes,
     sub_len: u32,
     username_len: u32,
     email_len: u32,
+    sid_len: u32,
+    /// `iat` (0 when absent): what revocations compare against.
+    pub iat: u64,
+    /// This token's revocation index keys, hashed once here so a check hashes nothing.
+    pub revocation_keys: RevocationKeys,
     /// Realm and client roles, shared by every identity that carries the same ones.
     pub role_set: Arc<RoleSet>,
     /// From the configured permissions claim.
@@ -234,6 +241,28 @@ impl Identity {
 
     pub fn email(&self) -> Option<&str> {
         (self.email_len > 0).then(|| self.part(self.sub_len + self.username_len, self.email_len))
+    }
+
+    /// Keycloak's session id, when the token carries one.
+    pub fn sid(&self) -> Option<&str> {
+        (self.sid_len > 0).then(|| {
+            self.part(
+                self.sub_len + self.username_len + self.email_len,
+                self.sid_len,
+            )
+        })
+    }
+
+    /// What the revocation check needs to know about this token.
+    #[inline]
+    pub fn revocation_probe(&self) -> Probe<'_> {
+        Probe {
+            keys: &self.revocation_keys,
+            issuer: &self.issuer,
+            sub: self.sub(),
+            sid: self.sid(),
+            iat: self.iat,
+        }
     }
 
     /// The user-id header value; None never happens for an identity this module built.
@@ -412,15 +441,25 @@ pub(super) fn build_identity(
         username.as_deref().unwrap_or(""),
         email.as_deref().unwrap_or(""),
     );
-    let mut text = Vec::with_capacity(sub.len() + username.len() + email.len());
+    // Kept exactly or not at all: a revocation names the session by these bytes.
+    let sid = c
+        .sid
+        .as_ref()
+        .and_then(|s| exact_clean(&s.0, max))
+        .unwrap_or("");
+    let mut text = Vec::with_capacity(sub.len() + username.len() + email.len() + sid.len());
     text.extend_from_slice(sub.as_bytes());
     text.extend_from_slice(username.as_bytes());
     text.extend_from_slice(email.as_bytes());
+    text.extend_from_slice(sid.as_bytes());
     let len = |s: &str| u32::try_from(s.len()).map_err(|_| AuthError::MalformedToken);
     Ok(Identity {
         sub_len: len(sub)?,
         username_len: len(username)?,
         email_len: len(email)?,
+        sid_len: len(sid)?,
+        iat: c.iat.unwrap_or(0),
+        revocation_keys: RevocationKeys::new(&issuer, sub, (!sid.is_empty()).then_some(sid)),
         text: Bytes::from(text),
         role_set,
         permissions: permissions.into_boxed_slice(),

@@ -214,22 +214,9 @@ impl Verifier {
         if token.len() > policy.max_token_bytes {
             return Err(AuthError::TokenTooLarge);
         }
-        // Exactly three segments: the header has no '.', and a '.' left in the payload
-        // segment (JWE, or junk) fails base64url decoding below.
-        let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(AuthError::MalformedToken)?;
-        let (header_b64, payload_b64) = signing_input
-            .split_once('.')
-            .ok_or(AuthError::MalformedToken)?;
+        let (signing_input, header_b64, payload_b64, sig_b64) = split_jws(token)?;
         let mut header_buf = [0u8; MAX_HEADER_BYTES];
-        let header_bytes = b64_decode_into(header_b64, &mut header_buf)?;
-        let header: JoseHeader<'_> =
-            serde_json::from_slice(header_bytes).map_err(|_| AuthError::MalformedToken)?;
-        if header.forbidden() {
-            return Err(AuthError::ForbiddenHeader);
-        }
-        let alg_name = header.alg.as_ref().ok_or(AuthError::MalformedToken)?;
-        // `none`, HS*, and anything unknown end here, before any key is looked at.
-        let alg = Alg::from_name(&alg_name.0).ok_or(AuthError::AlgNotAllowed)?;
+        let (header, alg) = parse_header(header_b64, &mut header_buf)?;
 
         let payload = b64_decode(payload_b64)?;
         // One fast UTF-8 pass here lets serde_json skip validating every string it borrows.
@@ -250,19 +237,15 @@ impl Verifier {
             pre_key_checks(&header, alg, &claims, &policy, &realm.expectation(), now)?;
         }
 
-        // A signature that cannot be one is refused before an unknown kid can cause a fetch.
-        if sig_b64.is_empty() {
-            return Err(AuthError::BadSignature);
-        }
-        let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
-        let sig = b64_decode_into(sig_b64, &mut sig_buf)?;
-        let kid = header.kid.as_ref().map(|k| &*k.0);
-        let key = self.keys.key(&realm, kid).await?;
-        key.verify(alg, signing_input.as_bytes(), sig)
-            .map_err(|r| match r {
-                KeyRefusal::WrongAlg => AuthError::AlgNotAllowed,
-                KeyRefusal::BadSignature => AuthError::BadSignature,
-            })?;
+        let key = self
+            .check_signature(
+                &realm,
+                header.kid.as_ref().map(|k| &*k.0),
+                alg,
+                signing_input,
+                sig_b64,
+            )
+            .await?;
         let mut identity = build_identity(&claims, &policy, realm.issuer().clone())?;
         if let (Some(cache), Some(k)) = (&policy.cache, cache_key) {
             identity.proof = Some(Proof {
@@ -277,6 +260,133 @@ impl Verifier {
         }
         Ok(Arc::new(identity))
     }
+
+    /// Verifies the signature of `signing_input` with `realm`'s key the header names, under
+    /// the access-token key rules (known kid, the key's own algorithm).
+    async fn check_signature(
+        &self,
+        realm: &Arc<crate::jwks::Realm>,
+        kid: Option<&str>,
+        alg: Alg,
+        signing_input: &str,
+        sig_b64: &str,
+    ) -> Result<Arc<crate::jwks::PreparedKey>, AuthError> {
+        // A signature that cannot be one is refused before an unknown kid can cause a fetch.
+        if sig_b64.is_empty() {
+            return Err(AuthError::BadSignature);
+        }
+        let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
+        let sig = b64_decode_into(sig_b64, &mut sig_buf)?;
+        let key = self.keys.key(realm, kid).await?;
+        key.verify(alg, signing_input.as_bytes(), sig)
+            .map_err(|r| match r {
+                KeyRefusal::WrongAlg => AuthError::AlgNotAllowed,
+                KeyRefusal::BadSignature => AuthError::BadSignature,
+            })?;
+        Ok(key)
+    }
+
+    /// Reads a compact JWS other than an access token (a back-channel logout token, a
+    /// not-before push) for `realm` under exactly the access-token header rules: no
+    /// key-in-token parameters, no `crit`, `alg` allowed for the realm (never `none` or HS*),
+    /// `kid` required unless the realm allows its absence. Nothing is looked up or fetched:
+    /// the caller checks the claims first (cheap, pure), then [`Self::verify_jws`] checks
+    /// the signature, so only a plausible token can make an unknown `kid` cause a refetch.
+    pub fn read_jws<'t>(
+        &self,
+        realm: &'t str,
+        token: &'t str,
+        max_bytes: usize,
+    ) -> Result<UnverifiedJws<'t>, AuthError> {
+        if token.len() > max_bytes {
+            return Err(AuthError::TokenTooLarge);
+        }
+        let (signing_input, header_b64, payload_b64, sig_b64) = split_jws(token)?;
+        let mut header_buf = [0u8; MAX_HEADER_BYTES];
+        let (header, alg) = parse_header(header_b64, &mut header_buf)?;
+        let expected = self.keys.expectation(realm);
+        if !expected.allows(alg) {
+            return Err(AuthError::AlgNotAllowed);
+        }
+        if header.kid.is_none() && !expected.allow_missing_kid {
+            return Err(AuthError::MissingKeyId);
+        }
+        Ok(UnverifiedJws {
+            realm,
+            signing_input,
+            sig_b64,
+            alg,
+            kid: header.kid.as_ref().map(|k| k.0.to_string()),
+            typ: header.typ.as_ref().map(|t| t.0.to_string()),
+            payload: b64_decode(payload_b64)?,
+            issuer: expected.issuer,
+        })
+    }
+
+    /// Verifies the signature of a JWS [`Self::read_jws`] read with a current key of its
+    /// realm (the access-token key rules); refused if the realm's issuer changed meanwhile.
+    pub async fn verify_jws(&self, jws: &UnverifiedJws<'_>) -> Result<(), AuthError> {
+        let realm = self.keys.realm(jws.realm).await?;
+        if **realm.issuer() != *jws.issuer {
+            return Err(AuthError::IssuerMismatch);
+        }
+        if !realm.expectation().allows(jws.alg) {
+            return Err(AuthError::AlgNotAllowed);
+        }
+        self.check_signature(
+            &realm,
+            jws.kid.as_deref(),
+            jws.alg,
+            jws.signing_input,
+            jws.sig_b64,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A JWS [`Verifier::read_jws`] read; its signature is not verified yet.
+#[derive(Debug)]
+pub struct UnverifiedJws<'t> {
+    realm: &'t str,
+    signing_input: &'t str,
+    sig_b64: &'t str,
+    alg: Alg,
+    kid: Option<String>,
+    /// The header's `typ`.
+    pub typ: Option<String>,
+    /// The decoded payload, unread.
+    pub payload: Vec<u8>,
+    /// The issuer of the realm it is read for (what its claims must name).
+    pub issuer: Arc<str>,
+}
+
+/// A compact JWS's signing input and its three segments. Exactly three segments: the header
+/// has no '.', and a '.' left in the payload segment (JWE, or junk) fails base64url decoding.
+fn split_jws(token: &str) -> Result<(&str, &str, &str, &str), AuthError> {
+    let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(AuthError::MalformedToken)?;
+    let (header_b64, payload_b64) = signing_input
+        .split_once('.')
+        .ok_or(AuthError::MalformedToken)?;
+    Ok((signing_input, header_b64, payload_b64, sig_b64))
+}
+
+/// The JOSE header, refused if it carries a forbidden parameter; its algorithm, refused if
+/// it is not one realmgate implements (`none`, HS*, anything unknown end here, before any key
+/// is looked at).
+fn parse_header<'b>(
+    header_b64: &str,
+    buf: &'b mut [u8; MAX_HEADER_BYTES],
+) -> Result<(JoseHeader<'b>, Alg), AuthError> {
+    let header_bytes = b64_decode_into(header_b64, buf)?;
+    let header: JoseHeader<'_> =
+        serde_json::from_slice(header_bytes).map_err(|_| AuthError::MalformedToken)?;
+    if header.forbidden() {
+        return Err(AuthError::ForbiddenHeader);
+    }
+    let alg_name = header.alg.as_ref().ok_or(AuthError::MalformedToken)?;
+    let alg = Alg::from_name(&alg_name.0).ok_or(AuthError::AlgNotAllowed)?;
+    Ok((header, alg))
 }
 
 /// The checks that need no key: algorithm, `kid` presence, claims (issuer, time, audience,

@@ -53,6 +53,72 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Signs with this key's kid and the given header `typ` (logout tokens: `logout+jwt`).
+    pub fn sign_typed(&self, typ: Option<&str>, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(self.kid.clone());
+        h.typ = typ.map(str::to_string);
+        jsonwebtoken::encode(&h, claims, &self.inner.encoding).unwrap()
+    }
+
+    /// A back-channel logout token as Keycloak sends it (header `typ: logout+jwt`).
+    pub fn sign_logout(&self, claims: &Value) -> String {
+        self.sign_typed(Some("logout+jwt"), claims)
+    }
+}
+
+/// An unsecured JWS (`alg: none`, empty signature) of `claims`.
+pub fn unsigned(claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "logout+jwt"})),
+        b64(claims)
+    )
+}
+
+/// A unique id (jti, sid).
+pub fn unique_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Keycloak-shaped back-channel logout token claims for `realm` at `base` (OIDC
+/// Back-Channel Logout 1.0 §2.4): `sid` and/or `sub`, a fresh `jti`, exp = iat + 2 min.
+pub fn logout_claims(base: &str, realm: &str, sub: Option<&str>, sid: Option<&str>) -> Value {
+    let now = now();
+    let mut c = json!({
+        "iss": format!("{base}/realms/{realm}"),
+        "aud": "qa-platform-backend",
+        "iat": now,
+        "exp": now + 120,
+        "jti": unique_id("jti"),
+        "typ": "Logout",
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {"revoke_offline_access": true}},
+    });
+    if let Some(sub) = sub {
+        c["sub"] = json!(sub);
+    }
+    if let Some(sid) = sid {
+        c["sid"] = json!(sid);
+    }
+    c
+}
+
+/// The payload of Keycloak's `k_push_not_before` admin action for client `resource`.
+pub fn push_not_before(resource: &str, not_before: u64) -> Value {
+    json!({
+        "id": unique_id("push"),
+        "expiration": now() + 30,
+        "resource": resource,
+        "action": "PUSH_NOT_BEFORE",
+        "notBefore": not_before,
+    })
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
