@@ -9,13 +9,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 
 use async_trait::async_trait;
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
 use http::{Response, StatusCode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
@@ -24,54 +18,7 @@ use serde_json::{json, Value};
 use crate::config::{self, ProcessEnv};
 use crate::server::{build_server, ProcessOptions};
 
-/// An RSA signing key and its public JWK.
-#[derive(Clone)]
-pub struct SigningKey {
-    pub kid: String,
-    pub encoding: EncodingKey,
-    pub jwk: Value,
-    /// PKCS#8 private key, PEM (for tools and tests).
-    pub private_pem: String,
-}
-
-fn pem_wrap(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-impl SigningKey {
-    /// A fresh 2048-bit RSA key for RS256.
-    pub fn generate_rsa(kid: &str) -> Result<Self, String> {
-        let pair =
-            RsaKeyPair::generate(KeySize::Rsa2048).map_err(|e| format!("RSA keygen: {e}"))?;
-        let pkcs8 = pair.as_der().map_err(|e| format!("RSA export: {e}"))?;
-        let private_pem = pem_wrap("PRIVATE KEY", pkcs8.as_ref());
-        let encoding =
-            EncodingKey::from_rsa_pem(private_pem.as_bytes()).map_err(|e| e.to_string())?;
-        let public = pair.public_key();
-        let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
-        let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
-        Ok(Self {
-            kid: kid.to_string(),
-            encoding,
-            jwk: json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": n, "e": e}),
-            private_pem,
-        })
-    }
-
-    /// Signs claims as an RS256 JWT carrying this key's `kid`.
-    pub fn sign(&self, claims: &Value) -> Result<String, String> {
-        let mut h = Header::new(Algorithm::RS256);
-        h.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&h, claims, &self.encoding).map_err(|e| e.to_string())
-    }
-}
+pub use crate::signing_key::SigningKey;
 
 /// Serves `/realms/{realm}/.well-known/openid-configuration` and `/protocol/openid-connect/certs`.
 struct DemoIdp {

@@ -57,7 +57,7 @@ pub async fn explain(
         Credentials::None => None,
         Credentials::Token(t) => Some(t.trim().to_owned()),
         Credentials::Claims(claims) => {
-            let signed = crate::demo::SigningKey::generate_rsa("realmgate-explain")
+            let signed = crate::signing_key::SigningKey::generate_rsa("realmgate-explain")
                 .and_then(|k| Ok((k.sign(&claims)?, k)));
             match signed {
                 Ok((token, key)) => {
@@ -161,7 +161,7 @@ struct Narrative<'c> {
     cfg: &'c RuntimeConfig,
     text: String,
     step: usize,
-    claims_key: Option<crate::demo::SigningKey>,
+    claims_key: Option<crate::signing_key::SigningKey>,
     /// The tenant the host resolved to (for its role map).
     tenant: Option<crate::tenant::Tenant>,
 }

@@ -30,6 +30,7 @@ pub mod request_target;
 pub mod respond;
 pub mod revocation;
 pub mod server;
+pub mod signing_key;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;

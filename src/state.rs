@@ -266,14 +266,19 @@ mod tests {
     /// 10 000 tenants a copy is megabytes), after start, a reload and a tenant sync alike.
     #[test]
     fn the_schema_is_held_once() {
-        let a = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-        let yaml = crate::demo::demo_config(a(1), a(2), a(3), a(4));
+        let yaml = r#"
+listen: {proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}
+upstream: {default: "127.0.0.1:3"}
+keycloak: {base_url: "http://127.0.0.1:4", audiences: [qa-platform-backend]}
+tenants:
+  - {id: acme, realm: tenant-acme, hosts: [acme.example.test]}
+"#;
         let (shared, _refresher) =
-            Shared::new(config::from_str(&yaml, &ProcessEnv).unwrap()).unwrap();
+            Shared::new(config::from_str(yaml, &ProcessEnv).unwrap()).unwrap();
         let one = |s: &Shared| Arc::ptr_eq(&s.base.lock().0, &s.config.load().raw);
         assert!(one(&shared), "at start");
         shared
-            .install(config::parse_str(&yaml, &ProcessEnv).unwrap(), None)
+            .install(config::parse_str(yaml, &ProcessEnv).unwrap(), None)
             .unwrap();
         assert!(one(&shared), "after a reload");
         assert_eq!(shared.set_runtime_tenants(Vec::new()).unwrap(), 0);

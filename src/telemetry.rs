@@ -31,7 +31,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriter};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::raw::{LogFormatSection, LoggingSection};
+use serde::Deserialize;
 
 /// Longest a line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -222,6 +222,34 @@ impl From<u64> for Field<'_> {
 impl From<u16> for Field<'_> {
     fn from(n: u16) -> Self {
         Field::Num(u64::from(n))
+    }
+}
+
+/// The `logging` section of the config file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatSection {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    pub format: LogFormatSection,
+    /// Default filter when `RUST_LOG` is unset.
+    pub level: String,
+    pub access_log: bool,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormatSection::Text,
+            level: "info".into(),
+            access_log: true,
+        }
     }
 }
 

@@ -586,32 +586,8 @@ impl Default for DownstreamSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormatSection {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoggingSection {
-    pub format: LogFormatSection,
-    /// Default filter when `RUST_LOG` is unset.
-    pub level: String,
-    pub access_log: bool,
-}
-
-impl Default for LoggingSection {
-    fn default() -> Self {
-        Self {
-            format: LogFormatSection::Text,
-            level: "info".into(),
-            access_log: true,
-        }
-    }
-}
+/// `logging`: defined by `telemetry`, which reads it (so telemetry needs no config import).
+pub use crate::telemetry::{LogFormatSection, LoggingSection};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

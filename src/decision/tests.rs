@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::demo::SigningKey;
 use crate::jwks::key_store;
+use crate::signing_key::SigningKey;
 
 const BASE: &str = "http://127.0.0.1:9";
 
