@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use realmgate::authz::bench_support::{permission_fixture, route_fixture};
+use realmgate::testkit::authz::{permission_fixture, route_fixture};
 use realmgate::authz::{canonicalize, SlashPolicy};
 
 /// The allocator the realmgate binary ships with, so allocation costs match production.

@@ -34,7 +34,7 @@ use pingora::http::RequestHeader;
 use realmgate::authz::{canonicalize, match_layered, PermissionSet, RouteRule};
 use realmgate::config::{self, RuntimeConfig};
 use realmgate::decision::{self, grant_key, Deps, Input, NoTrace, Outcome, Verdict};
-use realmgate::demo::SigningKey;
+use realmgate::jwks::LocalSigner;
 use realmgate::grants::GrantStore;
 use realmgate::jwks::{key_store, KeyStore};
 use realmgate::metrics::metrics;
@@ -173,7 +173,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     let id = tenant_id(TENANT);
     let realm = format!("tenant-{id}");
 
-    let key = SigningKey::generate_rsa("bench-key-1").unwrap();
+    let key = LocalSigner::generate_rsa("bench-key-1").unwrap();
     let (keys, _refresher): (Arc<KeyStore>, _) = key_store(cfg.jwks.clone(), vec![]);
     let jwks = serde_json::to_vec(&json!({"keys": [key.jwk.clone()]})).unwrap();
     assert_eq!(keys.install_jwks(&realm, &jwks).unwrap(), 1);

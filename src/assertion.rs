@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn bad_key_files_are_refused() {
-        let rsa = crate::signing_key::SigningKey::generate_rsa("r")
+        let rsa = crate::jwks::LocalSigner::generate_rsa("r")
             .unwrap()
             .private_pem;
         let cases = [

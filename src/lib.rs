@@ -8,31 +8,23 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod admin;
+pub mod app;
 pub mod assertion;
 pub mod authz;
 pub mod config;
 pub mod decision;
-pub mod demo;
 pub mod downstream;
 pub mod error;
-pub mod explain;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod grants;
-pub mod headers;
+pub mod http;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
-pub mod reload;
-pub mod request_target;
-pub mod respond;
 pub mod revocation;
-pub mod server;
-pub mod signing_key;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
-pub mod tenant_sync;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod verify;

@@ -9,7 +9,7 @@ mod common;
 use base64::Engine;
 use common::idp::{claims, now, MockKeycloak, SigningKey};
 use common::{json_body, raw_request, status_of, Gateway, Upstream};
-use realmgate::explain::{explain, Credentials};
+use realmgate::app::explain::{explain, Credentials};
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"

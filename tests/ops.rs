@@ -335,7 +335,7 @@ async fn reload_under_load_loses_nothing_and_invalid_reload_keeps_serving() {
         "{text}"
     );
     // SIGHUP-equivalent explicit reload reports the problem with its field path.
-    let err = realmgate::reload::reload_from(&gw.shared, &path)
+    let err = realmgate::state::reload::reload_from(&gw.shared, &path)
         .err()
         .unwrap();
     assert!(err.to_string().contains("tenants[0]"), "{err}");

@@ -16,9 +16,9 @@ use pingora::services::listening::Service;
 use serde_json::{json, Value};
 
 use crate::config::{self, ProcessEnv};
-use crate::server::{build_server, ProcessOptions};
+use crate::app::server::{build_server, ProcessOptions};
 
-pub use crate::signing_key::SigningKey;
+use crate::jwks::LocalSigner;
 
 /// Serves `/realms/{realm}/.well-known/openid-configuration` and `/protocol/openid-connect/certs`.
 struct DemoIdp {
@@ -165,7 +165,7 @@ pub fn prepare(opts: &DemoOptions) -> Result<(pingora::server::Server, String), 
     let mut keys = HashMap::new();
     let mut jwks = HashMap::new();
     for realm in ["tenant-acme", "tenant-globex"] {
-        let key = SigningKey::generate_rsa(&format!("{realm}-demo-key"))?;
+        let key = LocalSigner::generate_rsa(&format!("{realm}-demo-key"))?;
         jwks.insert(realm.to_string(), json!({"keys": [key.jwk.clone()]}));
         keys.insert(realm, key);
     }

@@ -20,7 +20,7 @@ use crate::decision::{
 };
 use crate::grants::{GrantSource, GrantStore};
 use crate::jwks::key_store;
-use crate::request_target::{absolute_form_authority, origin_form, request_host};
+use crate::http::request_target::{absolute_form_authority, origin_form, request_host};
 use crate::tenant::TenantSource;
 use crate::verify::Verifier;
 
@@ -57,7 +57,7 @@ pub async fn explain(
         Credentials::None => None,
         Credentials::Token(t) => Some(t.trim().to_owned()),
         Credentials::Claims(claims) => {
-            let signed = crate::signing_key::SigningKey::generate_rsa("realmgate-explain")
+            let signed = crate::jwks::LocalSigner::generate_rsa("realmgate-explain")
                 .and_then(|k| Ok((k.sign(&claims)?, k)));
             match signed {
                 Ok((token, key)) => {
@@ -161,7 +161,7 @@ struct Narrative<'c> {
     cfg: &'c RuntimeConfig,
     text: String,
     step: usize,
-    claims_key: Option<crate::signing_key::SigningKey>,
+    claims_key: Option<crate::jwks::LocalSigner>,
     /// The tenant the host resolved to (for its role map).
     tenant: Option<crate::tenant::Tenant>,
 }

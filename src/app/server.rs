@@ -14,7 +14,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::{broadcast, watch};
 
-use crate::admin::AdminApp;
+use crate::app::admin::AdminApp;
 use crate::config::RuntimeConfig;
 use crate::proxy::Gateway;
 use crate::state::Shared;
@@ -130,7 +130,7 @@ pub fn build_server(
         server.add_service(background_service(
             "runtime tenants",
             UntilDrained {
-                inner: crate::tenant_sync::TenantSync {
+                inner: crate::state::tenant_sync::TenantSync {
                     shared: shared.clone(),
                     url,
                     key,
@@ -145,7 +145,7 @@ pub fn build_server(
     if let Some(path) = source {
         server.add_service(background_service(
             "config reload",
-            crate::reload::Reloader {
+            crate::state::reload::Reloader {
                 shared: shared.clone(),
                 path,
                 watch_file,

@@ -21,7 +21,7 @@ use crate::authz::{
 };
 use crate::downstream::DownstreamSettings;
 use crate::grants::{GrantSettings, InvalidationPreference};
-use crate::headers::{HeaderNames, HeaderPolicy};
+use crate::http::headers::{HeaderNames, HeaderPolicy};
 use crate::jwks::JwksSettings;
 use crate::limits::RequestLimits;
 use crate::revocation::RevocationSettings;
@@ -298,14 +298,14 @@ impl RuntimeConfig {
         }
         check_limits(&raw.limits, raw.keycloak.max_token_bytes, &mut e);
         check_downstream(&raw.downstream, &mut e);
-        if crate::headers::parse_header_name(&h.shadow).is_err() {
+        if crate::http::headers::parse_header_name(&h.shadow).is_err() {
             e.push(
                 "headers.shadow",
                 format!("\"{}\" is not a valid header name", h.shadow),
             );
         }
         for (i, name) in h.strip_overrides.iter().enumerate() {
-            if let Err(m) = crate::headers::parse_header_name(name) {
+            if let Err(m) = crate::http::headers::parse_header_name(name) {
                 e.push(format!("headers.strip_overrides[{i}]"), m);
             }
         }
@@ -637,7 +637,7 @@ fn validate_durations(raw: &RawConfig, e: &mut Errors) {
 fn validate_header_names(raw: &RawConfig, e: &mut Errors) {
     /// Refuses `name` for `field` if it is a protocol header or already taken.
     fn check(e: &mut Errors, seen: &mut Vec<(String, String)>, field: String, name: &str) {
-        if let Some(p) = crate::headers::protocol_header(name) {
+        if let Some(p) = crate::http::headers::protocol_header(name) {
             e.push(
                 &field,
                 format!(
@@ -646,7 +646,7 @@ fn validate_header_names(raw: &RawConfig, e: &mut Errors) {
             );
             return;
         }
-        let folded = crate::headers::fold_name(name);
+        let folded = crate::http::headers::fold_name(name);
         match seen.iter().find(|(f, _)| *f == folded) {
             Some((_, other)) => e.push(
                 &field,
@@ -673,7 +673,7 @@ fn validate_header_names(raw: &RawConfig, e: &mut Errors) {
         check(e, &mut seen, field.to_string(), name);
     }
     // Stripped from every request whatever `assertion.header` says.
-    let builtin = crate::headers::fold_name("X-Identity-Assertion");
+    let builtin = crate::http::headers::fold_name("X-Identity-Assertion");
     if !seen.iter().any(|(f, _)| *f == builtin) {
         seen.push((builtin, "the built-in assertion header".to_string()));
     }
@@ -783,7 +783,7 @@ fn compile_assertion(a: &raw::AssertionSection, e: &mut Errors) -> Option<Assert
     if !a.enabled {
         return None;
     }
-    let header = crate::headers::parse_header_name(&a.header)
+    let header = crate::http::headers::parse_header_name(&a.header)
         .map_err(|m| e.push("assertion.header", m))
         .ok();
     if a.ttl.as_secs() == 0 || a.ttl.subsec_nanos() != 0 {

@@ -34,8 +34,8 @@ use crate::authz::{
 use crate::config::RuntimeConfig;
 use crate::grants::GrantStore;
 use crate::limits::check_declared_body;
-use crate::request_target::{origin_form, request_host};
-use crate::respond::Rejection;
+use crate::http::request_target::{origin_form, request_host};
+use crate::http::respond::Rejection;
 use crate::revocation::RevocationList;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity, Verifier};

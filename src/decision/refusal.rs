@@ -1,7 +1,7 @@
 //! The refusals the decision can end in, as HTTP answers. Pure: `respond.rs` writes them.
 
 use crate::authz::PathError;
-use crate::respond::{Challenge, Rejection};
+use crate::http::respond::{Challenge, Rejection};
 use crate::tenant::{Tenant, TenantError};
 use crate::verify::AuthError;
 

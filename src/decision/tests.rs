@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::jwks::key_store;
-use crate::signing_key::SigningKey;
+use crate::jwks::LocalSigner;
 
 const BASE: &str = "http://127.0.0.1:9";
 
@@ -48,12 +48,12 @@ struct Fixture {
     verifier: Verifier,
     grants: Arc<GrantStore<PermissionSet>>,
     revocations: crate::revocation::RevocationList,
-    key: SigningKey,
+    key: LocalSigner,
 }
 
 fn fixture() -> Fixture {
     let cfg = config();
-    let key = SigningKey::generate_rsa("k1").unwrap();
+    let key = LocalSigner::generate_rsa("k1").unwrap();
     let (keys, _refresher) = key_store(cfg.jwks.clone(), vec![]);
     let jwks = json!({"keys": [key.jwk.clone()]}).to_string();
     for realm in ["tenant-acme", "tenant-frozen", "tenant-shadow"] {
@@ -183,7 +183,7 @@ async fn the_host_comes_first() {
 #[tokio::test]
 async fn cheap_token_checks_run_before_the_key_lookup() {
     let f = fixture();
-    let stranger = SigningKey::generate_rsa("unknown-kid").unwrap();
+    let stranger = LocalSigner::generate_rsa("unknown-kid").unwrap();
     let mut expired = claims("tenant-acme", &["admin"]);
     expired["exp"] = json!(now() - 3600);
     let t = stranger.sign(&expired).unwrap();

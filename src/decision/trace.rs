@@ -8,7 +8,7 @@ use http::Method;
 
 use crate::authz::{CanonicalPath, DefaultPolicy, Requirement, RouteRule, ScopeId};
 use crate::grants::GrantSource;
-use crate::respond::Rejection;
+use crate::http::respond::Rejection;
 use crate::tenant::Tenant;
 use crate::verify::{AuthError, Identity};
 

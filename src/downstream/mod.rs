@@ -16,7 +16,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::metrics::metrics;
-use crate::respond::Rejection;
+use crate::http::respond::Rejection;
 
 pub use stream::{mark_head_read, mark_request_done, GuardedStream, Timeouts};
 

@@ -125,7 +125,7 @@ pub enum GrantSource {
     Disabled,
 }
 /// What a cache hit pays for the grant-age histogram (for the criterion bench).
-#[doc(hidden)]
+#[cfg(feature = "testkit")]
 pub fn observe_grant_age(now: Instant, loaded: Instant) {
     counters::observe_age(now, loaded);
 }
@@ -486,7 +486,6 @@ impl<T: Send + Sync + 'static> GrantStore<T> {
 
     /// Applies a change Redis reported for `key` (client tracking or a keyspace event);
     /// keys that are not grant sets are ignored. O(1).
-    #[doc(hidden)]
     pub fn invalidate_key(&self, key: &[u8]) {
         let Some(link) = &self.redis else { return };
         let inv = std::str::from_utf8(key)

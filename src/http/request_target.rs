@@ -3,7 +3,7 @@
 
 use pingora::http::RequestHeader;
 
-use crate::respond::Rejection;
+use crate::http::respond::Rejection;
 
 /// The raw authority a request names, after the checks that keep "one request, one tenant":
 /// a single `Host` header; for HTTP/2 the `:authority` (or `Host` when absent); for an HTTP/1.1

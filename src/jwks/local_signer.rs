@@ -1,5 +1,6 @@
-//! A throwaway RSA signing key and its public JWK: what the demo IdP and `explain` sign tokens
-//! with, and what unit tests mint them with. Pure (no server, no config), so anything may use it.
+//! A throwaway RSA signing key and its public JWK: tokens that only this process trusts. The
+//! demo IdP and `realmgate explain --claims` sign with it, and tests mint tokens with it. Its
+//! key is generated in memory and never written anywhere. Pure (no server, no config).
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::KeySize;
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 
 /// An RSA signing key and its public JWK.
 #[derive(Clone)]
-pub struct SigningKey {
+pub struct LocalSigner {
     pub kid: String,
     pub encoding: EncodingKey,
     pub jwk: Value,
@@ -30,7 +31,7 @@ fn pem_wrap(label: &str, der: &[u8]) -> String {
     out
 }
 
-impl SigningKey {
+impl LocalSigner {
     /// A fresh 2048-bit RSA key for RS256.
     pub fn generate_rsa(kid: &str) -> Result<Self, String> {
         let pair =

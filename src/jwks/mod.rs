@@ -35,15 +35,15 @@
 //! Layout: `alg` (accepted algorithms), `settings` (configuration and each realm's key
 //! source), `keys` (JWK parsing and key sets), `realm` (one realm's state), `store`
 //! (the [`KeyStore`] the request path reads), `fetch` (discovery and JWKS HTTP), `slots`
-//! (fetch concurrency), `bucket` (rate bounds), `refresher` (the fetching task and its
-//! schedule). The store reports its refusals as its own `KeyError`;
+//! (fetch concurrency), `refresher` (the fetching task and its
+//! schedule), `local_signer` (a throwaway key for tokens only this process trusts). The store reports its refusals as its own `KeyError`;
 //! it imports nothing from `verify`.
 
 mod alg;
-mod bucket;
 mod error;
 mod fetch;
 mod keys;
+pub mod local_signer;
 mod realm;
 mod refresher;
 mod settings;
@@ -53,14 +53,15 @@ mod store;
 pub(crate) mod testkit;
 
 pub use alg::{Alg, AlgSet};
-pub(crate) use bucket::TokenBucket;
 pub(crate) use error::KeyError;
 pub use fetch::parse_max_age;
 pub(crate) use keys::KeyRefusal;
 pub(crate) use realm::Realm;
-// For `crate::fuzzing`: the JWKS parser on arbitrary documents.
+// For `crate::testkit::fuzzing`: the JWKS parser on arbitrary documents.
+#[cfg(feature = "testkit")]
 pub(crate) use keys::{build_key_set, KeySet};
 pub use keys::{PreparedKey, MAX_KEYS_PER_REALM};
+pub use local_signer::LocalSigner;
 pub use refresher::{
     next_refresh_interval, JwksRefresher, BACKOFF_MAX, BACKOFF_START, MIN_MAX_AGE,
 };

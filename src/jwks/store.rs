@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::bucket::TokenBucket;
+use crate::limits::TokenBucket;
 use super::error::KeyError;
 use super::fetch::{FetchError, Fetched, Outcome};
 use super::keys::{build_key_set, PreparedKey};
@@ -557,7 +557,6 @@ impl KeyStore {
 
     /// Installs a JWKS document for `realm` directly, as if just fetched (benches, tools and
     /// tests that need no network). Creates the realm as static if it is not held yet.
-    #[doc(hidden)]
     pub fn install_jwks(&self, realm: &str, jwks: &[u8]) -> Result<usize, String> {
         if !valid_realm_name(realm) {
             return Err(format!("invalid realm name {realm:?}"));

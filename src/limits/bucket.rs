@@ -1,5 +1,5 @@
-//! A token bucket: a process-wide rate bound for work a client can cause (admitting
-//! never-seen dynamic realms, request-triggered refetches). Pure but for the `Instant`s the
+//! A token bucket: a rate bound for work a client can cause (admitting never-seen dynamic
+//! realms, request-triggered refetches, the revocation endpoints). Pure but for the `Instant`s the
 //! caller passes in.
 
 use std::time::Instant;

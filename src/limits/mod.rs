@@ -6,9 +6,13 @@
 //! Envoy (60 KiB) all refuse far less. A huge header costs every later step (and the
 //! backend) memory and parse time, so realmgate answers 414/431 itself.
 
+mod bucket;
+
+pub(crate) use bucket::TokenBucket;
+
 use pingora::http::RequestHeader;
 
-use crate::respond::Rejection;
+use crate::http::respond::Rejection;
 
 /// Compiled from the `limits` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,9 @@
 //! writes the verified identity; `logging` records metrics and the access line.
 
 mod audit;
-mod revocation;
+mod endpoints;
+
+use endpoints::revocation;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -24,15 +26,15 @@ use crate::authz::ScopeId;
 use crate::config::RuntimeConfig;
 use crate::decision::{decide, Deps, Input, NoTrace, Outcome, RouteRef};
 use crate::downstream::{mark_head_read, mark_request_done};
-use crate::headers::{is_valid_request_id, new_request_id, HeaderPolicy};
+use crate::http::headers::{is_valid_request_id, new_request_id, HeaderPolicy};
 use crate::metrics::metrics;
-use crate::respond::Rejection;
+use crate::http::respond::Rejection;
 use crate::state::Shared;
 use crate::telemetry::log_line;
 use crate::tenant::Tenant;
 use crate::verify::Identity;
 
-pub use crate::request_target::{absolute_form_authority, origin_form, request_host};
+pub use crate::http::request_target::{absolute_form_authority, origin_form, request_host};
 
 /// The Pingora proxy application.
 pub struct Gateway {
@@ -137,7 +139,7 @@ impl Gateway {
     }
 }
 
-fn has_body(req: &RequestHeader) -> bool {
+pub(crate) fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers

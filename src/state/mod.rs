@@ -1,4 +1,10 @@
-//! State shared by the proxy, the admin listener and the background services.
+//! State shared by the proxy, the admin listener and the background services: the live
+//! config (`Shared`) and the syncs that rewrite it (`reload` from the file, `tenant_sync`
+//! from Redis). A sync that feeds one domain's store lives in that domain's folder instead
+//! (`jwks/refresher`, `grants/subscriber`, `revocation/replica`).
+
+pub mod reload;
+pub mod tenant_sync;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -19,7 +19,7 @@ use crate::authz::{
 };
 use crate::config::RuntimeConfig;
 use crate::jwks::{build_key_set, key_store_with_clock, Alg, AlgSet, KeySet, MAX_KEYS_PER_REALM};
-use crate::request_target::{absolute_form_authority, origin_form, request_host};
+use crate::http::request_target::{absolute_form_authority, origin_form, request_host};
 use crate::tenant::{normalize_host, Tenant};
 use crate::verify::Verifier;
 
@@ -31,7 +31,7 @@ pub const FIXED_NOW: u64 = 1_800_000_000;
 pub const BASE: &str = "http://127.0.0.1:9";
 
 /// The public half of `testdata/jwt/rsa_a.pem` (kid `k1`), installed for realm `tenant-acme`.
-const RSA_A_JWK: &str = include_str!("../testdata/jwt/rsa_a.jwk.json");
+const RSA_A_JWK: &str = include_str!("../../testdata/jwt/rsa_a.jwk.json");
 
 fn fixture_yaml(paths: &str) -> String {
     format!(

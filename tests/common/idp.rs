@@ -21,14 +21,14 @@ use serde_json::{json, Value};
 /// An RSA signing key with its public JWK (the demo's key type, with test conveniences).
 #[derive(Clone)]
 pub struct SigningKey {
-    inner: realmgate::demo::SigningKey,
+    inner: realmgate::jwks::LocalSigner,
     pub kid: String,
     pub jwk: Value,
 }
 
 impl SigningKey {
     pub fn rsa(kid: &str) -> Self {
-        let inner = realmgate::demo::SigningKey::generate_rsa(kid).unwrap();
+        let inner = realmgate::jwks::LocalSigner::generate_rsa(kid).unwrap();
         Self {
             kid: inner.kid.clone(),
             jwk: inner.jwk.clone(),

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use pingora::server::ShutdownSignal;
 use realmgate::config::{self, RuntimeConfig};
-use realmgate::server::{build_server, run_with_channel, ProcessOptions};
+use realmgate::app::server::{build_server, run_with_channel, ProcessOptions};
 use realmgate::state::Shared;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -16,7 +16,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use serde_json::json;
 
-use super::{request_host, RequestCtx};
+use crate::http::request_target::{origin_form, request_host};
+use crate::proxy::{has_body, RequestCtx};
 use crate::config::RuntimeConfig;
 use crate::metrics::metrics;
 use crate::revocation::logout_token::{self, Expect, LogoutError};
@@ -27,13 +28,13 @@ use crate::state::Shared;
 use crate::verify::{AuthError, UnverifiedJws};
 
 /// The process-wide rate bound of the endpoints (rebuilt when the configured rate changes).
-pub(super) struct EndpointRate(parking_lot::Mutex<(u32, crate::jwks::TokenBucket)>);
+pub(crate) struct EndpointRate(parking_lot::Mutex<(u32, crate::limits::TokenBucket)>);
 
 impl EndpointRate {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(parking_lot::Mutex::new((
             0,
-            crate::jwks::TokenBucket::new(0, Instant::now()),
+            crate::limits::TokenBucket::new(0, Instant::now()),
         )))
     }
 
@@ -41,7 +42,7 @@ impl EndpointRate {
         let now = Instant::now();
         let mut g = self.0.lock();
         if g.0 != rate {
-            *g = (rate, crate::jwks::TokenBucket::new(rate, now));
+            *g = (rate, crate::limits::TokenBucket::new(rate, now));
         }
         g.1.try_take(now)
     }
@@ -127,8 +128,8 @@ fn unverified(e: &AuthError) -> Answer {
 }
 
 /// Whether the request targets a reserved revocation path (query ignored).
-pub(super) fn is_endpoint(cfg: &RuntimeConfig, raw_path: &[u8]) -> bool {
-    let target = super::origin_form(raw_path);
+pub(crate) fn is_endpoint(cfg: &RuntimeConfig, raw_path: &[u8]) -> bool {
+    let target = origin_form(raw_path);
     let path = target.split(|b| *b == b'?').next().unwrap_or(target);
     cfg.revocation.is_reserved(path)
 }
@@ -174,7 +175,7 @@ fn is_form(session: &Session) -> bool {
 
 /// Answers one request to a reserved path (`is_endpoint` said so). Returns `Ok(true)`:
 /// the gateway answered.
-pub(super) async fn serve(
+pub(crate) async fn serve(
     shared: &Shared,
     rate: &EndpointRate,
     session: &mut Session,
@@ -184,7 +185,7 @@ pub(super) async fn serve(
     let mut read = false;
     let answer = decide(shared, rate, session, ctx, cfg, &mut read).await?;
     // A request body we did not read would poison a reused connection.
-    if !read && super::has_body(session.req_header()) {
+    if !read && has_body(session.req_header()) {
         session.set_keepalive(None);
     }
     if answer.status != 200 {
@@ -274,7 +275,7 @@ async fn decide(
             description: "too many logout requests, try again later",
         });
     }
-    let path = super::origin_form(req.raw_path());
+    let path = origin_form(req.raw_path());
     let backchannel = path.starts_with(s.backchannel_path.as_bytes())
         && path
             .get(s.backchannel_path.len())
