@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use realmgate::testkit::authz::{permission_fixture, route_fixture};
 use realmgate::authz::{canonicalize, SlashPolicy};
+use realmgate::testkit::authz::{permission_fixture, route_fixture};
 
 /// The allocator the realmgate binary ships with, so allocation costs match production.
 #[global_allocator]

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pingora::server::RunArgs;
-use realmgate::config::{self, ProcessEnv};
 use realmgate::app::explain::{explain, Credentials};
 use realmgate::app::server::{build_server, ProcessOptions};
+use realmgate::config::{self, ProcessEnv};
 use realmgate::telemetry::Writer;
 
 /// jemalloc rather than glibc malloc: it hands freed pages back to the OS (the config parse of
@@ -178,7 +178,8 @@ fn main() -> ExitCode {
                 &realmgate::config::raw::LoggingSection::default(),
                 Writer::Buffered,
             );
-            match realmgate::app::demo::prepare(&realmgate::app::demo::DemoOptions { proxy, admin }) {
+            match realmgate::app::demo::prepare(&realmgate::app::demo::DemoOptions { proxy, admin })
+            {
                 Ok((server, walkthrough)) => {
                     println!("{walkthrough}");
                     use std::io::Write as _;

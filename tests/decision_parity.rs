@@ -58,6 +58,9 @@ struct Case {
     token: Option<String>,
     status: u16,
     code: Option<&'static str>,
+    /// The gateway's own endpoint the decision hands the request to: explain must name it,
+    /// and the proxy's answer (for an empty body) is `status`/`code`.
+    endpoint: Option<&'static str>,
 }
 
 fn case(
@@ -76,7 +79,92 @@ fn case(
         token: token.map(str::to_string),
         status: expect.0,
         code: expect.1,
+        endpoint: None,
     }
+}
+
+/// A request the decision hands to one of the gateway's own endpoints.
+fn endpoint_case(
+    name: &'static str,
+    host: &'static str,
+    target: &str,
+    endpoint: &'static str,
+    proxy: (u16, Option<&'static str>),
+) -> Case {
+    Case {
+        endpoint: Some(endpoint),
+        ..case(name, "POST", host, target, None, proxy)
+    }
+}
+
+const LOGOUT: &str = "/.realmgate/backchannel-logout";
+const NOT_BEFORE: &str = "/.realmgate/k_push_not_before";
+
+/// The reserved paths: the decision names the endpoint (explain too); its early refusals take
+/// the endpoint's OAuth error shape (`error` is `invalid_request` on a 400).
+fn endpoint_table() -> Vec<Case> {
+    vec![
+        endpoint_case(
+            "logout, empty POST",
+            "acme.test",
+            LOGOUT,
+            "backchannel_logout",
+            (400, Some("invalid_request")),
+        ),
+        endpoint_case(
+            "logout, query ignored",
+            "acme.test",
+            &format!("{LOGOUT}?x=1"),
+            "backchannel_logout",
+            (400, Some("invalid_request")),
+        ),
+        endpoint_case(
+            "logout on a suspended tenant's host",
+            "frozen.test",
+            LOGOUT,
+            "backchannel_logout",
+            (400, Some("invalid_request")),
+        ),
+        endpoint_case(
+            "not-before push, empty POST",
+            "acme.test",
+            NOT_BEFORE,
+            "not_before_push",
+            (400, Some("invalid_request")),
+        ),
+        case(
+            "logout, GET",
+            "GET",
+            "acme.test",
+            LOGOUT,
+            None,
+            (405, Some("method_not_allowed")),
+        ),
+        case(
+            "logout, unknown host",
+            "POST",
+            "nobody.test",
+            LOGOUT,
+            None,
+            (404, Some("unknown_host")),
+        ),
+        case(
+            "logout, host not a name",
+            "POST",
+            "acme_test!",
+            LOGOUT,
+            None,
+            (404, Some("unknown_host")),
+        ),
+        case(
+            "not the reserved path (trailing slash)",
+            "POST",
+            "acme.test",
+            &format!("{LOGOUT}/"),
+            None,
+            (403, Some("route_denied")),
+        ),
+    ]
 }
 
 const OK: (u16, Option<&str>) = (200, None);
@@ -709,19 +797,21 @@ async fn via_proxy(gw: &Gateway, c: &Case) -> (u16, Option<String>) {
     (status, code)
 }
 
-/// explain's answer for the same request, under the gateway's own config snapshot.
-async fn via_explain(gw: &Gateway, c: &Case) -> (u16, Option<String>) {
+/// explain's answer for the same request, under the gateway's own config snapshot, and the
+/// endpoint it names.
+async fn via_explain(gw: &Gateway, c: &Case) -> ((u16, Option<String>), Option<&'static str>) {
     let creds = match &c.token {
         Some(t) => Credentials::Token(t.clone()),
         None => Credentials::None,
     };
     let url = format!("http://{}{}", c.host, c.target);
     let e = explain(gw.shared.config.load_full(), c.method, &url, creds).await;
-    if e.allowed {
+    let answer = if e.allowed {
         (200, None)
     } else {
         (e.status, e.code.map(str::to_string))
-    }
+    };
+    (answer, e.endpoint)
 }
 
 async fn run_table(
@@ -738,11 +828,16 @@ async fn run_table(
     for c in &cases {
         let expected = (c.status, c.code.map(str::to_string));
         let proxy = via_proxy(&gw, c).await;
-        let explained = via_explain(&gw, c).await;
-        if proxy != expected || explained != expected {
+        let (explained, endpoint) = via_explain(&gw, c).await;
+        // An endpoint's answer depends on its body: explain names the endpoint instead.
+        let explain_ok = match c.endpoint {
+            Some(_) => endpoint == c.endpoint,
+            None => explained == expected && endpoint.is_none(),
+        };
+        if proxy != expected || !explain_ok {
             failures.push(format!(
-                "{} ({} {} {}): expected {expected:?}, proxy {proxy:?}, explain {explained:?}",
-                c.name, c.method, c.host, c.target
+                "{} ({} {} {}): expected {expected:?} (endpoint {:?}), proxy {proxy:?}, explain {explained:?} (endpoint {endpoint:?})",
+                c.name, c.method, c.host, c.target, c.endpoint
             ));
         }
     }
@@ -774,6 +869,7 @@ async fn proxy_and_explain_decide_alike() {
     let up = Upstream::start().await;
     let t = tokens(&kc, &key);
     let mut n = run_table(&kc, &up, "deny", deny_table(&t)).await;
+    n += run_table(&kc, &up, "deny", endpoint_table()).await;
     n += run_table(&kc, &up, "authenticated", authenticated_table(&t)).await;
     n += run_table(&kc, &up, "allow", allow_table(&t)).await;
     assert!(n >= 40, "{n} cases");

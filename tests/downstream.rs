@@ -1,7 +1,7 @@
 //! End to end: hostile and merely careless clients. Idle keep-alive connections, slowloris
 //! heads, the connection cap, the per-route body bound, requests per connection and HTTP/1.1
 //! pipelining, over real sockets against the real gateway and upstream.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::http::respond::{self, Answer, Cache};
 use crate::metrics::metrics;
 use crate::revocation::{Kind, Source};
 use crate::state::Shared;
@@ -40,15 +41,16 @@ impl AdminApp {
     }
 
     /// Routes one admin request; split out so it is testable without a socket.
-    pub fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
+    pub fn handle(&self, method: &http::Method, path: &str) -> Answer {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
+            return doc(
+                405,
+                "method_not_allowed",
                 json!({"error": "method_not_allowed"}),
             );
         }
         match path {
-            "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
+            "/healthz" => doc(200, "", json!({"status": "ok"})),
             "/readyz" => {
                 let reasons = self.shared.not_ready_reasons();
                 let h = self.shared.keys.static_realm_health();
@@ -74,13 +76,15 @@ impl AdminApp {
                     "subscribed": replica.is_some_and(|r| r.subscribed()),
                 });
                 if reasons.is_empty() {
-                    json_response(
-                        StatusCode::OK,
+                    doc(
+                        200,
+                        "",
                         json!({"status": "ready", "realms": realms, "grants": grants, "revocation": revocation}),
                     )
                 } else {
-                    json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                    doc(
+                        503,
+                        "not_ready",
                         json!({"status": "not_ready", "reasons": reasons, "realms": realms, "grants": grants, "revocation": revocation}),
                     )
                 }
@@ -93,39 +97,30 @@ impl AdminApp {
                 g.with_label_values(&["usable"]).set(n(h.usable));
                 g.with_label_values(&["loading"]).set(n(h.loading));
                 g.with_label_values(&["unusable"]).set(n(h.unusable.len()));
-                let body = metrics().encode();
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                    .header(http::header::CONTENT_LENGTH, body.len())
-                    .body(body)
-                    .unwrap_or_default()
+                Answer::document(200, "text/plain; version=0.0.4", metrics().encode())
+                    .with_cache(Cache::Unset)
             }
             // realmgate's identity-assertion key, for backends that verify the assertion.
             "/.well-known/jwks.json" => match &self.shared.assertion {
                 Some(key) => {
-                    let body = key.jwks_json().to_vec();
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .header(http::header::CONTENT_LENGTH, body.len())
-                        .header(http::header::CACHE_CONTROL, "public, max-age=300")
-                        .body(body)
-                        .unwrap_or_default()
+                    let mut a = Answer::document(200, "application/json", key.jwks_json().to_vec());
+                    a.cache = Cache::Public { max_age: 300 };
+                    a
                 }
-                None => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+                None => doc(404, "not_found", json!({"error": "not_found"})),
             },
-            _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+            _ => doc(404, "not_found", json!({"error": "not_found"})),
         }
     }
 }
 
 impl AdminApp {
     /// `POST /revoke` and `POST /not-before`: the operator's revocation (source `admin`).
-    pub fn revoke(&self, path: &str, body: &[u8]) -> Response<Vec<u8>> {
+    pub fn revoke(&self, path: &str, body: &[u8]) -> Answer {
         let bad = |why: &str| {
-            json_response(
-                StatusCode::BAD_REQUEST,
+            doc(
+                400,
+                "invalid_request",
                 json!({"error": "invalid_request", "message": why}),
             )
         };
@@ -137,8 +132,9 @@ impl AdminApp {
             (Some(id), None) => match cfg.tenants.tenant_by_id(id) {
                 Some(t) => t.realm.to_string(),
                 None => {
-                    return json_response(
-                        StatusCode::NOT_FOUND,
+                    return doc(
+                        404,
+                        "unknown_tenant",
                         json!({"error": "unknown_tenant", "message": "no tenant has this id"}),
                     )
                 }
@@ -178,8 +174,9 @@ impl AdminApp {
             tenant,
             now,
         );
-        json_response(
-            StatusCode::OK,
+        doc(
+            200,
+            "",
             json!({
                 "revoked": {
                     "kind": kind.as_str(),
@@ -195,15 +192,9 @@ impl AdminApp {
     }
 }
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
-    let body = v.to_string().into_bytes();
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body)
-        .unwrap_or_default()
+/// A JSON document, never cached.
+fn doc(status: u16, code: &'static str, v: serde_json::Value) -> Answer {
+    Answer::json(status, code, &v)
 }
 
 #[async_trait]
@@ -219,22 +210,18 @@ impl ServeHttp for AdminApp {
                         body.extend_from_slice(&chunk)
                     }
                     Ok(Some(_)) => {
-                        return json_response(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            json!({"error": "body_too_large"}),
-                        )
+                        let a = doc(413, "body_too_large", json!({"error": "body_too_large"}));
+                        return respond::to_admin(&a);
                     }
                     Ok(None) => break,
                     Err(_) => {
-                        return json_response(
-                            StatusCode::BAD_REQUEST,
-                            json!({"error": "bad_request"}),
-                        )
+                        let a = doc(400, "bad_request", json!({"error": "bad_request"}));
+                        return respond::to_admin(&a);
                     }
                 }
             }
-            return self.revoke(&path, &body);
+            return respond::to_admin(&self.revoke(&path, &body));
         }
-        self.handle(&method, &path)
+        respond::to_admin(&self.handle(&method, &path))
     }
 }

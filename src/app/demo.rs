@@ -9,14 +9,15 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::Response;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use serde_json::{json, Value};
 
-use crate::config::{self, ProcessEnv};
 use crate::app::server::{build_server, ProcessOptions};
+use crate::config::{self, ProcessEnv};
+use crate::http::respond::{self, Answer, Cache};
 
 use crate::jwks::LocalSigner;
 
@@ -44,11 +45,8 @@ impl ServeHttp for DemoIdp {
             }
         });
         match found {
-            Some(v) => json_response(StatusCode::OK, &v),
-            None => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"error": "Realm does not exist"}),
-            ),
+            Some(v) => json_response(200, &v),
+            None => json_response(404, &json!({"error": "Realm does not exist"})),
         }
     }
 }
@@ -77,18 +75,15 @@ impl ServeHttp for Echo {
             "path": req.uri.to_string(),
             "headers": headers.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<String, Value>>(),
         });
-        json_response(StatusCode::OK, &v)
+        json_response(200, &v)
     }
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
+/// A pretty-printed JSON document (read by people trying the demo), through the one writer.
+fn json_response(status: u16, v: &Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body)
-        .unwrap_or_default()
+    let answer = Answer::document(status, "application/json", body).with_cache(Cache::Unset);
+    respond::to_admin(&answer)
 }
 
 fn free_port() -> Result<u16, String> {

@@ -19,8 +19,8 @@ use crate::decision::{
     decide, Asked, Decision, Deps, Detail, Input, Outcome, Stage, Step, Trace, Verdict,
 };
 use crate::grants::{GrantSource, GrantStore};
-use crate::jwks::key_store;
 use crate::http::request_target::{absolute_form_authority, origin_form, request_host};
+use crate::jwks::key_store;
 use crate::tenant::TenantSource;
 use crate::verify::Verifier;
 
@@ -38,6 +38,8 @@ pub enum Credentials {
 pub struct Explanation {
     /// Forwarded upstream (shadow passes included).
     pub allowed: bool,
+    /// The gateway's own endpoint that answers it (its answer depends on the body).
+    pub endpoint: Option<&'static str>,
     /// The gateway's status; 200 stands for "forwarded".
     pub status: u16,
     /// The refusal's (or the shadow pass's would-be) stable error code.
@@ -201,6 +203,7 @@ impl<'c> Narrative<'c> {
         let _ = writeln!(self.text, "=> {verdict} ({status}): {}", why.as_ref());
         Explanation {
             allowed,
+            endpoint: None,
             status,
             code,
             text: self.text,
@@ -208,18 +211,37 @@ impl<'c> Narrative<'c> {
     }
 
     fn finish(self, d: &Decision) -> Explanation {
+        if let Outcome::Endpoint(e) = d.outcome {
+            // Not forwarded and not refused: the gateway answers it, depending on the body.
+            let mut text = self.text;
+            let _ = writeln!(
+                text,
+                "=> ENDPOINT: answered by the gateway itself ({}), never forwarded",
+                e.name()
+            );
+            return Explanation {
+                allowed: false,
+                endpoint: Some(e.name()),
+                status: 200,
+                code: None,
+                text,
+            };
+        }
         let (Some(tenant), identity) = (&d.tenant, &d.identity) else {
             return match &d.outcome {
-                Outcome::Refuse { rejection, .. } => {
-                    let why = rejection.code;
-                    self.end(false, rejection.status, Some(why), why)
+                Outcome::Refuse { answer, .. } => {
+                    let why = answer.code;
+                    self.end(false, answer.status, Some(why), why)
                 }
-                Outcome::Forward(_) => self.end(true, 200, None, "forwarded"),
+                Outcome::Forward(_) | Outcome::Endpoint(_) => {
+                    self.end(true, 200, None, "forwarded")
+                }
             };
         };
         match &d.outcome {
-            Outcome::Refuse { rejection, stage } => {
-                let why = match (stage, &rejection.required) {
+            Outcome::Endpoint(_) => self.end(false, 200, None, "endpoint"),
+            Outcome::Refuse { answer, stage } => {
+                let why = match (stage, answer.required()) {
                     (Stage::Permission, _) => {
                         let label = d
                             .route
@@ -229,11 +251,11 @@ impl<'c> Narrative<'c> {
                                 _ => None,
                             })
                             .unwrap_or("");
-                        format!("{}: requires {label}", rejection.code)
+                        format!("{}: requires {label}", answer.code)
                     }
-                    _ => format!("{}: {}", rejection.code, rejection.message),
+                    _ => format!("{}: {}", answer.code, answer.message()),
                 };
-                self.end(false, rejection.status, Some(rejection.code), why)
+                self.end(false, answer.status, Some(answer.code), why)
             }
             Outcome::Forward(f) => {
                 let who = identity
@@ -399,14 +421,23 @@ impl Trace for Narrative<'_> {
                     ),
                 ),
             },
+            Step::Endpoint { endpoint } => self.numbered(
+                "endpoint",
+                format!(
+                    "reserved path: the gateway's own {} endpoint answers it, never the upstream ({})",
+                    endpoint.name(),
+                    endpoint.describe()
+                ),
+            ),
             Step::Refused {
                 stage,
-                rejection,
+                answer,
                 detail,
             } => {
                 let title = match stage {
                     Stage::Request => "request",
                     Stage::Host => "host",
+                    Stage::Endpoint => "endpoint",
                     Stage::Tenant => "tenant",
                     Stage::Path => "path",
                     Stage::Route => "route",
@@ -414,14 +445,11 @@ impl Trace for Narrative<'_> {
                     Stage::Permission => "permission",
                 };
                 let why = match detail {
-                    Detail::None => rejection.message.to_string(),
-                    Detail::Reason(r) => format!("{} ({r})", rejection.message),
+                    Detail::None => answer.message().to_string(),
+                    Detail::Reason(r) => format!("{} ({r})", answer.message()),
                     Detail::Auth(e) => format!("refused: {}", e.description()),
                 };
-                self.numbered(
-                    title,
-                    format!("{why} -> {} {}", rejection.status, rejection.code),
-                );
+                self.numbered(title, format!("{why} -> {} {}", answer.status, answer.code));
             }
             Step::ShadowPass { would_be } => self.line(format!(
                 "shadow mode: {} {} is logged and counted, the request passes",

@@ -161,10 +161,14 @@ pub fn build_server(
     app.h2_options = Some(downstream.h2_options());
     let mut proxy = Service::new(
         "realmgate".to_string(),
-        crate::downstream::GuardedApp::new(app, {
-            let shared = shared.clone();
-            move || shared.config.load().downstream
-        }),
+        crate::downstream::GuardedApp::new(
+            app,
+            {
+                let shared = shared.clone();
+                move || shared.config.load().downstream
+            },
+            crate::decision::refusal::too_many_connections(),
+        ),
     );
     match &tls {
         // TLS termination with HTTP/2 offered via ALPN (gRPC passes through for authorised

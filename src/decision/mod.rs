@@ -4,6 +4,8 @@
 //!
 //! 0. size bounds on the request head (414/431 before anything is parsed further)
 //! 1. host -> tenant (exactly one host; unknown hosts refused)
+//!    1b. a reserved path is one of the gateway's own endpoints: `Outcome::Endpoint`, which
+//!    `proxy/endpoints` answers (its refusals up to here take the endpoint's answer shape)
 //! 2. tenant status (a suspended tenant is refused before anything else is looked at)
 //! 3. canonical method and path (what is matched is what is authorised is what is forwarded)
 //! 4. route (tenant rules, then global rules, then `default_policy`; shadow mode per rule),
@@ -16,9 +18,11 @@
 //!
 //! The proxy (`Gateway::request_filter`) and `realmgate explain` both call it, so explain's
 //! answer is the gateway's answer by construction. It writes no response and logs no audit
-//! line: the caller does that from the returned [`Decision`]. It awaits only where a step
+//! line: the caller does that from the returned [`Decision`]; every answer it carries is an
+//! [`Answer`] for `http::respond`, the one writer. It awaits only where a step
 //! needs I/O (a JWKS load on a verified-token-cache miss, Redis on a grant-cache miss).
 
+mod endpoint;
 mod permissions;
 pub mod refusal;
 pub mod trace;
@@ -33,13 +37,14 @@ use crate::authz::{
 };
 use crate::config::RuntimeConfig;
 use crate::grants::GrantStore;
-use crate::limits::check_declared_body;
 use crate::http::request_target::{origin_form, request_host};
-use crate::http::respond::Rejection;
+use crate::http::respond::Answer;
+use crate::limits::check_declared_body;
 use crate::revocation::RevocationList;
 use crate::tenant::Tenant;
 use crate::verify::{extract_token, AuthError, Identity, Verifier};
 
+pub use endpoint::{reserved, Endpoint};
 pub use permissions::{grant_key, grant_key_sub, permission_set};
 pub use trace::{Asked, Detail, NoTrace, Recorded, Stage, Step, Trace};
 
@@ -70,6 +75,8 @@ pub struct Decision {
     pub route: Option<RouteRef>,
     /// The verified caller (absent on public routes and before authentication).
     pub identity: Option<Arc<Identity>>,
+    /// The reserved path the request named, also when it was refused before that step.
+    pub endpoint: Option<Endpoint>,
     pub outcome: Outcome,
 }
 
@@ -78,7 +85,9 @@ pub enum Outcome {
     /// Send it upstream.
     Forward(Forward),
     /// Answer with this refusal.
-    Refuse { rejection: Rejection, stage: Stage },
+    Refuse { answer: Answer, stage: Stage },
+    /// One of the gateway's own endpoints answers it (`proxy/endpoints`).
+    Endpoint(Endpoint),
 }
 
 #[derive(Debug)]
@@ -101,7 +110,7 @@ pub enum Verdict {
     Allow,
     /// Shadow mode: enforcement would have refused with `would_be` at `stage`.
     Shadow {
-        would_be: Rejection,
+        would_be: Answer,
         stage: Stage,
     },
 }
@@ -150,20 +159,55 @@ impl RouteRef {
 }
 
 impl Decision {
-    fn refuse(tenant: Option<Arc<Tenant>>, rejection: Rejection, stage: Stage) -> Self {
+    fn refuse(tenant: Option<Arc<Tenant>>, answer: Answer, stage: Stage) -> Self {
         Self {
             tenant,
             route: None,
             identity: None,
-            outcome: Outcome::Refuse { rejection, stage },
+            endpoint: None,
+            outcome: Outcome::Refuse { answer, stage },
         }
     }
 
-    /// The HTTP status the client gets from the gateway (200 stands for "forwarded").
+    /// Forwarded unless a later step says otherwise.
+    fn forward(route: Option<RouteRef>, target: Option<Vec<u8>>, body_limit: u64) -> Self {
+        Self {
+            tenant: None,
+            route,
+            identity: None,
+            endpoint: None,
+            outcome: Outcome::Forward(Forward {
+                scope: None,
+                target,
+                body_limit,
+                verdict: Verdict::Public,
+            }),
+        }
+    }
+
+    /// The HTTP status the client gets from the gateway (200 stands for "forwarded" and for
+    /// an endpoint, whose answer depends on its body).
     pub fn status(&self) -> u16 {
         match &self.outcome {
-            Outcome::Forward(_) => 200,
-            Outcome::Refuse { rejection, .. } => rejection.status,
+            Outcome::Forward(_) | Outcome::Endpoint(_) => 200,
+            Outcome::Refuse { answer, .. } => answer.status,
+        }
+    }
+
+    /// The forwarding part, when the request goes upstream.
+    pub fn forward_ref(&self) -> Option<&Forward> {
+        match &self.outcome {
+            Outcome::Forward(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The `decision` field of access and audit lines.
+    pub fn label(&self) -> &'static str {
+        match (&self.outcome, self.endpoint) {
+            (_, Some(e)) => e.log_label(),
+            (Outcome::Forward(f), None) => f.verdict.label(),
+            _ => "",
         }
     }
 }
@@ -176,28 +220,25 @@ pub async fn decide<T: Trace>(
     trace: &mut T,
 ) -> Decision {
     let req = input.req;
+    // A reserved path is answered by the gateway; its refusals take the endpoint's shape.
+    let endpoint = endpoint::reserved(cfg, req.raw_path());
 
     // 0. size bounds
-    if let Err(r) = cfg.limits.check(req) {
-        return refused(trace, None, r, Stage::Request, Detail::None);
+    if let Err(e) = cfg.limits.check(req) {
+        let r = refusal::too_large(e);
+        return refused_early(trace, endpoint, r, Stage::Request, Detail::None);
     }
 
     // 1. host -> tenant
-    let host = match request_host(req, input.is_h2) {
-        Ok(h) => h,
-        Err(r) => return refused(trace, None, r, Stage::Host, Detail::None),
-    };
-    let tenant = match cfg.tenants.resolve_raw(host) {
+    let tenant = match host_tenant(cfg, input, endpoint, trace) {
         Ok(t) => t,
-        Err(e) => {
-            let r = refusal::unknown_tenant(&e);
-            return refused(trace, None, r, Stage::Host, Detail::Reason(e.code()));
-        }
+        Err(refusal) => return *refusal,
     };
-    trace.step(Step::Tenant {
-        host,
-        tenant: &tenant,
-    });
+
+    // 1b. reserved path: one of the gateway's own endpoints (`proxy/endpoints` answers it)
+    if let Some(e) = endpoint {
+        return at_endpoint(trace, tenant, e, &req.method);
+    }
 
     // 2. tenant status
     if !tenant.is_serving() {
@@ -215,21 +256,15 @@ pub async fn decide<T: Trace>(
     let canon = match canonicalize(target, cfg.paths) {
         Ok(c) => c,
         Err(e) => {
-            let r = refusal::bad_path(&e);
-            return refused(
-                trace,
-                Some(tenant),
-                r,
-                Stage::Path,
-                Detail::Reason(e.reason()),
-            );
+            let (r, why) = (refusal::bad_path(&e), Detail::Reason(e.reason()));
+            return refused(trace, Some(tenant), r, Stage::Path, why);
         }
     };
     trace.step(Step::Path { canonical: &canon });
     let forward_target = (canon.is_rewritten() || target.len() != req.raw_path().len())
         .then(|| canon.request_target().into_owned());
 
-    // 4. route
+    // 4. route, and the route's body bound against a declared length
     let rule = match_layered(cfg.tenant_routes(&tenant), &cfg.routes, &req.method, &canon);
     let enforce = cfg.enforce(&tenant, rule);
     trace.step(Step::Route {
@@ -238,35 +273,17 @@ pub async fn decide<T: Trace>(
         default_policy: cfg.default_policy,
         enforce,
     });
-    let route = rule.map(|r| RouteRef::of(cfg, &tenant, r));
     let body_limit = cfg
         .limits
         .body_limit(rule.and_then(RouteRule::max_body_bytes));
-    if let Err(r) = check_declared_body(req, body_limit) {
+    if let Err(e) = check_declared_body(req, body_limit) {
+        let r = refusal::too_large(e);
         return refused(trace, Some(tenant), r, Stage::Request, Detail::None);
     }
-    let asked = match rule.map(RouteRule::access) {
-        Some(Access::Public) => Asked::Public,
-        Some(Access::Authenticated) => Asked::Authenticated,
-        Some(Access::Permission(req)) => Asked::Permission(req),
-        None => match cfg.default_policy {
-            DefaultPolicy::Deny => Asked::Denied,
-            DefaultPolicy::Authenticated => Asked::Authenticated,
-            DefaultPolicy::Allow => Asked::Public,
-        },
-    };
+    let asked = asked(cfg, rule);
     trace.step(Step::Access { asked });
-    let mut done = Decision {
-        tenant: None,
-        route,
-        identity: None,
-        outcome: Outcome::Forward(Forward {
-            scope: None,
-            target: forward_target,
-            body_limit,
-            verdict: Verdict::Public,
-        }),
-    };
+    let route = rule.map(|r| RouteRef::of(cfg, &tenant, r));
+    let mut done = Decision::forward(route, forward_target, body_limit);
     // In shadow mode an unrouted request still has to authenticate; its pass comes after.
     let (requirement, unrouted) = match asked {
         Asked::Public => return done.with_tenant(tenant),
@@ -279,42 +296,10 @@ pub async fn decide<T: Trace>(
         Asked::Permission(req) => (Some(req), false),
     };
 
-    // 5. credentials -> verified token of the host's own realm, nothing else
-    let allow_query = rule.is_some_and(RouteRule::allow_query_token);
-    let verified = match extract_token(
-        &req.headers,
-        cfg.raw.keycloak.token_cookie.as_deref(),
-        canon.query_str(),
-        allow_query,
-        cfg.raw.keycloak.max_token_bytes,
-    ) {
-        Ok(Some(token)) => deps.verifier.verify(&tenant.id, &tenant.realm, token).await,
-        Ok(None) => Err(AuthError::MissingToken),
-        Err(e) => Err(e),
-    }
-    .and_then(|i| {
-        // The cache-hit path included: a revocation outlives no cached verification.
-        if deps.revocations.is_revoked(&i.revocation_probe()) {
-            Err(AuthError::TokenRevoked)
-        } else {
-            Ok(i)
-        }
-    });
-    let identity = match verified {
+    // 5. credentials -> verified, unrevoked token of the host's own realm, nothing else
+    let identity = match authenticate(cfg, deps, req, &canon, rule, &tenant).await {
         Ok(i) => i,
-        Err(e) => {
-            let rejection = refusal::unauthenticated(&e, &tenant);
-            trace.step(Step::Refused {
-                stage: Stage::Token,
-                rejection: &rejection,
-                detail: Detail::Auth(&e),
-            });
-            done.outcome = Outcome::Refuse {
-                rejection,
-                stage: Stage::Token,
-            };
-            return done.with_tenant(tenant);
-        }
+        Err(e) => return done.unauthenticated(trace, tenant, &e),
     };
     trace.step(Step::Token {
         identity: &identity,
@@ -352,6 +337,96 @@ pub async fn decide<T: Trace>(
     }
 }
 
+/// Step 1: the one host the request names, and its tenant.
+fn host_tenant<T: Trace>(
+    cfg: &RuntimeConfig,
+    input: &Input<'_>,
+    endpoint: Option<Endpoint>,
+    trace: &mut T,
+) -> Result<Arc<Tenant>, Box<Decision>> {
+    let host = request_host(input.req, input.is_h2).map_err(|e| {
+        let r = refusal::bad_host(e);
+        Box::new(refused_early(trace, endpoint, r, Stage::Host, Detail::None))
+    })?;
+    let tenant = cfg.tenants.resolve_raw(host).map_err(|e| {
+        let r = refusal::unknown_tenant(&e);
+        let why = Detail::Reason(e.code());
+        Box::new(refused_early(trace, endpoint, r, Stage::Host, why))
+    })?;
+    trace.step(Step::Tenant {
+        host,
+        tenant: &tenant,
+    });
+    Ok(tenant)
+}
+
+/// Step 1b: a reserved path is the endpoint's to answer, for the methods it takes.
+fn at_endpoint<T: Trace>(
+    trace: &mut T,
+    tenant: Arc<Tenant>,
+    endpoint: Endpoint,
+    method: &http::Method,
+) -> Decision {
+    trace.step(Step::Endpoint { endpoint });
+    let mut d = if endpoint.accepts(method) {
+        Decision {
+            tenant: Some(tenant),
+            route: None,
+            identity: None,
+            endpoint: None,
+            outcome: Outcome::Endpoint(endpoint),
+        }
+    } else {
+        let r = refusal::endpoint_method(endpoint.allow());
+        refused(trace, Some(tenant), r, Stage::Endpoint, Detail::None)
+    };
+    d.endpoint = Some(endpoint);
+    d
+}
+
+/// What the route (or, unrouted, the default policy) asks of the caller.
+fn asked<'r>(cfg: &RuntimeConfig, rule: Option<&'r RouteRule>) -> Asked<'r> {
+    match rule.map(RouteRule::access) {
+        Some(Access::Public) => Asked::Public,
+        Some(Access::Authenticated) => Asked::Authenticated,
+        Some(Access::Permission(req)) => Asked::Permission(req),
+        None => match cfg.default_policy {
+            DefaultPolicy::Deny => Asked::Denied,
+            DefaultPolicy::Authenticated => Asked::Authenticated,
+            DefaultPolicy::Allow => Asked::Public,
+        },
+    }
+}
+
+/// Step 5: the request's one credential, verified for the tenant's realm and not revoked (the
+/// cache-hit path included: a revocation outlives no cached verification).
+async fn authenticate(
+    cfg: &RuntimeConfig,
+    deps: Deps<'_>,
+    req: &RequestHeader,
+    canon: &crate::authz::CanonicalPath<'_>,
+    rule: Option<&RouteRule>,
+    tenant: &Tenant,
+) -> Result<Arc<Identity>, AuthError> {
+    let allow_query = rule.is_some_and(RouteRule::allow_query_token);
+    let token = extract_token(
+        &req.headers,
+        cfg.raw.keycloak.token_cookie.as_deref(),
+        canon.query_str(),
+        allow_query,
+        cfg.raw.keycloak.max_token_bytes,
+    )?
+    .ok_or(AuthError::MissingToken)?;
+    let identity = deps
+        .verifier
+        .verify(&tenant.id, &tenant.realm, token)
+        .await?;
+    if deps.revocations.is_revoked(&identity.revocation_probe()) {
+        return Err(AuthError::TokenRevoked);
+    }
+    Ok(identity)
+}
+
 impl Decision {
     fn with_tenant(mut self, tenant: Arc<Tenant>) -> Self {
         self.tenant = Some(tenant);
@@ -369,26 +444,45 @@ impl Decision {
         mut self,
         trace: &mut T,
         tenant: Arc<Tenant>,
-        rejection: Rejection,
+        answer: Answer,
         stage: Stage,
         enforce: bool,
     ) -> Self {
         if enforce {
             trace.step(Step::Refused {
                 stage,
-                rejection: &rejection,
+                answer: &answer,
                 detail: Detail::None,
             });
-            self.outcome = Outcome::Refuse { rejection, stage };
+            self.outcome = Outcome::Refuse { answer, stage };
         } else {
-            trace.step(Step::ShadowPass {
-                would_be: &rejection,
-            });
+            trace.step(Step::ShadowPass { would_be: &answer });
             self.set_verdict(Verdict::Shadow {
-                would_be: rejection,
+                would_be: answer,
                 stage,
             });
         }
+        self.with_tenant(tenant)
+    }
+
+    /// Step 5 failed: 401 (or 503 when the realm's keys cannot be had), never shadowed: shadow
+    /// mode relaxes authorization, not authentication.
+    fn unauthenticated<T: Trace>(
+        mut self,
+        trace: &mut T,
+        tenant: Arc<Tenant>,
+        e: &AuthError,
+    ) -> Self {
+        let answer = refusal::unauthenticated(e, &tenant);
+        trace.step(Step::Refused {
+            stage: Stage::Token,
+            answer: &answer,
+            detail: Detail::Auth(e),
+        });
+        self.outcome = Outcome::Refuse {
+            answer,
+            stage: Stage::Token,
+        };
         self.with_tenant(tenant)
     }
 }
@@ -401,16 +495,33 @@ fn is_canonical_method(m: &http::Method) -> bool {
 fn refused<T: Trace>(
     trace: &mut T,
     tenant: Option<Arc<Tenant>>,
-    rejection: Rejection,
+    answer: Answer,
     stage: Stage,
     detail: Detail<'_>,
 ) -> Decision {
     trace.step(Step::Refused {
         stage,
-        rejection: &rejection,
+        answer: &answer,
         detail,
     });
-    Decision::refuse(tenant, rejection, stage)
+    Decision::refuse(tenant, answer, stage)
+}
+
+/// A refusal before the tenant is known; on a reserved path, in the endpoint's shape.
+fn refused_early<T: Trace>(
+    trace: &mut T,
+    endpoint: Option<Endpoint>,
+    answer: Answer,
+    stage: Stage,
+    detail: Detail<'_>,
+) -> Decision {
+    let answer = match endpoint {
+        Some(_) => refusal::at_endpoint(&answer),
+        None => answer,
+    };
+    let mut d = refused(trace, None, answer, stage, detail);
+    d.endpoint = endpoint;
+    d
 }
 
 #[cfg(test)]

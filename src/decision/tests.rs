@@ -129,15 +129,15 @@ impl Fixture {
 
 fn refusal(d: &Decision) -> (u16, &'static str, Stage) {
     match &d.outcome {
-        Outcome::Refuse { rejection, stage } => (rejection.status, rejection.code, *stage),
-        Outcome::Forward(f) => panic!("forwarded: {f:?}"),
+        Outcome::Refuse { answer, stage } => (answer.status, answer.code, *stage),
+        other => panic!("not refused: {other:?}"),
     }
 }
 
 fn forward(d: &Decision) -> &Forward {
     match &d.outcome {
         Outcome::Forward(f) => f,
-        Outcome::Refuse { rejection, .. } => panic!("refused: {rejection:?}"),
+        other => panic!("not forwarded: {other:?}"),
     }
 }
 
@@ -423,10 +423,8 @@ async fn a_revoked_token_is_refused_after_verification_even_from_the_cache() {
     let (d, trace) = f.decide_traced(&req).await;
     assert_eq!(refusal(&d), (401, "token_revoked", Stage::Token));
     let challenge = match &d.outcome {
-        Outcome::Refuse { rejection, .. } => {
-            rejection.challenge.as_deref().map(|c| c.header_value())
-        }
-        Outcome::Forward(_) => None,
+        Outcome::Refuse { answer, .. } => answer.challenge.as_deref().map(|c| c.header_value()),
+        _ => None,
     };
     assert!(challenge.is_some_and(|c| c.contains("error=\"invalid_token\"")));
     assert!(

@@ -8,7 +8,9 @@ use http::Method;
 
 use crate::authz::{CanonicalPath, DefaultPolicy, Requirement, RouteRule, ScopeId};
 use crate::grants::GrantSource;
-use crate::http::respond::Rejection;
+use crate::http::respond::Answer;
+
+use super::Endpoint;
 use crate::tenant::Tenant;
 use crate::verify::{AuthError, Identity};
 
@@ -19,6 +21,8 @@ pub enum Step<'a> {
     Tenant { host: &'a [u8], tenant: &'a Tenant },
     /// The path that is matched, authorised and forwarded.
     Path { canonical: &'a CanonicalPath<'a> },
+    /// The request names one of the gateway's own endpoints: it answers it itself.
+    Endpoint { endpoint: Endpoint },
     /// The rule that matched, or none (then `default_policy` applies). `enforce: false` is
     /// shadow mode.
     Route {
@@ -41,11 +45,11 @@ pub enum Step<'a> {
     /// The decision ends in a refusal at this step.
     Refused {
         stage: Stage,
-        rejection: &'a Rejection,
+        answer: &'a Answer,
         detail: Detail<'a>,
     },
     /// Shadow mode let through what enforcement would refuse.
-    ShadowPass { would_be: &'a Rejection },
+    ShadowPass { would_be: &'a Answer },
 }
 
 /// What a request must show: the matched rule's access, or the default policy's.
@@ -64,6 +68,8 @@ pub enum Stage {
     /// The request's shape: size bounds, method spelling.
     Request,
     Host,
+    /// A reserved path (method not answered there).
+    Endpoint,
     Tenant,
     Path,
     Route,

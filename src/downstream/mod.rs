@@ -13,10 +13,9 @@ use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
 
+use crate::http::respond::{self, Answer};
 use crate::metrics::metrics;
-use crate::http::respond::Rejection;
 
 pub use stream::{mark_head_read, mark_request_done, GuardedStream, Timeouts};
 
@@ -65,6 +64,8 @@ pub struct GuardedApp<A> {
     /// The current settings (read once per connection, so a reload applies to new ones).
     /// A function rather than the shared state, so this edge module depends on nothing above it.
     settings: Box<dyn Fn() -> DownstreamSettings + Send + Sync>,
+    /// The answer to an HTTP/1 connection over the cap (from the refusal table).
+    over_cap: Answer,
     open: AtomicUsize,
 }
 
@@ -72,10 +73,12 @@ impl<A> GuardedApp<A> {
     pub fn new(
         inner: A,
         settings: impl Fn() -> DownstreamSettings + Send + Sync + 'static,
+        over_cap: Answer,
     ) -> Self {
         Self {
             inner: Arc::new(inner),
             settings: Box::new(settings),
+            over_cap,
             open: AtomicUsize::new(0),
         }
     }
@@ -102,26 +105,15 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Answers a connection over the cap: a 503 for HTTP/1 clients (best effort, bounded), then
-/// close. HTTP/2 clients just see the close (no session exists to answer on).
-async fn refuse(mut stream: Stream) {
+/// Answers a connection over the cap: `answer` (a 503) for HTTP/1 clients (best effort,
+/// bounded), then close. HTTP/2 clients just see the close (no session exists to answer on).
+async fn refuse(mut stream: Stream, answer: &Answer) {
     metrics()
         .downstream_closed_total
         .with_label_values(&["connection_limit"])
         .inc();
     if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        let r = Rejection::new(
-            503,
-            "too_many_connections",
-            "the gateway is at its connection limit; retry shortly",
-        )
-        .with_retry_after(1);
-        let bytes = r.http1_close();
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = stream.write_all(&bytes).await;
-            let _ = stream.flush().await;
-        })
-        .await;
+        respond::to_raw_connection(&mut stream, answer).await;
     }
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
@@ -139,7 +131,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     ) -> Option<Stream> {
         let s = (self.settings)();
         let Some(_slot) = self.admit(s.max_connections) else {
-            refuse(stream).await;
+            refuse(stream, &self.over_cap).await;
             return None;
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));

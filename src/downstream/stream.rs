@@ -304,7 +304,7 @@ impl Peek for GuardedStream {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::disallowed_methods)] // the tests play a client
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,19 +3,36 @@
 
 use pingora::http::RequestHeader;
 
-use crate::http::respond::Rejection;
+/// Why a request names no single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request carries more than one Host header")]
+    Duplicate,
+    #[error("the request target's authority does not match the Host header")]
+    Mismatch,
+    #[error("the request names no host")]
+    Missing,
+}
+
+impl HostError {
+    /// Stable code (the JSON `error`).
+    pub fn code(self) -> &'static str {
+        match self {
+            HostError::Duplicate => "duplicate_host",
+            HostError::Mismatch => "host_mismatch",
+            HostError::Missing => "missing_host",
+        }
+    }
+}
 
 /// The raw authority a request names, after the checks that keep "one request, one tenant":
 /// a single `Host` header; for HTTP/2 the `:authority` (or `Host` when absent); for an HTTP/1.1
 /// absolute-form target, its authority must equal `Host`.
-pub fn request_host(req: &RequestHeader, is_h2: bool) -> Result<&[u8], Rejection> {
+pub fn request_host(req: &RequestHeader, is_h2: bool) -> Result<&[u8], HostError> {
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(Rejection::bad_request(
-            "duplicate_host",
-            "the request carries more than one Host header",
-        ));
+        return Err(HostError::Duplicate);
     }
     let authority = match req.uri.authority() {
         Some(a) => Some(a.as_str().as_bytes()),
@@ -24,19 +41,13 @@ pub fn request_host(req: &RequestHeader, is_h2: bool) -> Result<&[u8], Rejection
     match (authority, host) {
         (Some(a), Some(h)) => {
             if !same_authority(a, h.as_bytes()) {
-                return Err(Rejection::bad_request(
-                    "host_mismatch",
-                    "the request target's authority does not match the Host header",
-                ));
+                return Err(HostError::Mismatch);
             }
             Ok(if is_h2 { a } else { h.as_bytes() })
         }
         (Some(a), None) => Ok(a),
         (None, Some(h)) => Ok(h.as_bytes()),
-        (None, None) => Err(Rejection::bad_request(
-            "missing_host",
-            "the request names no host",
-        )),
+        (None, None) => Err(HostError::Missing),
     }
 }
 
@@ -122,11 +133,11 @@ mod tests {
         assert_eq!(
             request_host(&req(b"/", &["a.example.com", "b.example.com"]), false)
                 .unwrap_err()
-                .code,
+                .code(),
             "duplicate_host"
         );
         assert_eq!(
-            request_host(&req(b"/", &[]), false).unwrap_err().code,
+            request_host(&req(b"/", &[]), false).unwrap_err().code(),
             "missing_host"
         );
         assert_eq!(
@@ -143,7 +154,7 @@ mod tests {
                 false
             )
             .unwrap_err()
-            .code,
+            .code(),
             "host_mismatch"
         );
         assert_eq!(
@@ -152,7 +163,7 @@ mod tests {
                 false
             )
             .unwrap_err()
-            .code,
+            .code(),
             "host_mismatch"
         );
         assert_eq!(

@@ -11,13 +11,13 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::limits::TokenBucket;
 use super::error::KeyError;
 use super::fetch::{FetchError, Fetched, Outcome};
 use super::keys::{build_key_set, PreparedKey};
 use super::realm::{state_name, Realm, FAILED, LOADED, NOT_FOUND, REFUSED};
 use super::refresher::JwksRefresher;
 use super::settings::{expectation_for, spec_for, valid_realm_name, Expectation, JwksSettings};
+use crate::limits::TokenBucket;
 use crate::metrics::{metrics, OTHER};
 
 /// Seconds since the Unix epoch; injectable so expiry and staleness tests are deterministic.

@@ -1,6 +1,7 @@
-//! Size bounds on the request: the head, checked before anything else is looked at, and the
-//! body, checked against the matched route's bound (declared length in the decision, the
-//! streamed bytes in the proxy).
+//! Every bound on what a client may make the gateway do: the request's size (this file: the
+//! head, checked before anything else is looked at, and the body against the matched route's
+//! bound — declared length in the decision, the streamed bytes in the proxy) and rates
+//! (`bucket`). Refusals are typed here and mapped to HTTP once, in `decision::refusal`.
 //!
 //! Pingora accepts up to 1 MiB of headers; nginx (8 KiB lines), HAProxy (16 KiB buffer) and
 //! Envoy (60 KiB) all refuse far less. A huge header costs every later step (and the
@@ -12,8 +13,6 @@ pub(crate) use bucket::TokenBucket;
 
 use pingora::http::RequestHeader;
 
-use crate::http::respond::Rejection;
-
 /// Compiled from the `limits` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -24,31 +23,38 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
 }
 
+/// A size bound the request broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("the request target is longer than this gateway accepts")]
+    UriTooLong,
+    #[error("the request headers are larger than this gateway accepts")]
+    HeadersTooLarge,
+    #[error("the request body is larger than this route accepts")]
+    BodyTooLarge,
+}
+
 /// The bytes one header line takes on the wire (`name: value\r\n`).
 fn line_len(name: &http::HeaderName, value: &http::HeaderValue) -> usize {
     name.as_str().len() + 2 + value.len() + 2
 }
 
 impl RequestLimits {
-    /// `Err` with 414 (target) or 431 (a line, or all lines together).
-    pub fn check(&self, req: &RequestHeader) -> Result<(), Rejection> {
+    /// `Err` for a target (414) or a line, or all lines together (431), over the bound.
+    pub fn check(&self, req: &RequestHeader) -> Result<(), SizeError> {
         if req.raw_path().len() > self.max_uri_bytes {
-            return Err(Rejection::new(
-                414,
-                "uri_too_long",
-                "the request target is longer than this gateway accepts",
-            ));
+            return Err(SizeError::UriTooLong);
         }
         let mut total = 0usize;
         for (name, value) in &req.headers {
             let n = line_len(name, value);
             if n > self.max_header_line_bytes {
-                return Err(too_large());
+                return Err(SizeError::HeadersTooLarge);
             }
             total += n;
         }
         if total > self.max_header_bytes {
-            return Err(too_large());
+            return Err(SizeError::HeadersTooLarge);
         }
         Ok(())
     }
@@ -61,35 +67,18 @@ impl RequestLimits {
     }
 }
 
-/// `Err` with 413 when the request declares a body longer than `limit`. A chunked body
-/// declares nothing; the proxy counts it as it streams ([`body_too_large`] then).
-pub fn check_declared_body(req: &RequestHeader, limit: u64) -> Result<(), Rejection> {
+/// `Err` when the request declares a body longer than `limit`. A chunked body declares
+/// nothing; the proxy counts it as it streams.
+pub fn check_declared_body(req: &RequestHeader, limit: u64) -> Result<(), SizeError> {
     let declared = req
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
-        Some(n) if n > limit => Err(body_too_large()),
+        Some(n) if n > limit => Err(SizeError::BodyTooLarge),
         _ => Ok(()),
     }
-}
-
-/// 413: the body is larger than the route accepts.
-pub fn body_too_large() -> Rejection {
-    Rejection::new(
-        413,
-        "body_too_large",
-        "the request body is larger than this route accepts",
-    )
-}
-
-fn too_large() -> Rejection {
-    Rejection::new(
-        431,
-        "headers_too_large",
-        "the request headers are larger than this gateway accepts",
-    )
 }
 
 #[cfg(test)]
@@ -119,14 +108,12 @@ mod tests {
         assert_eq!(LIMITS.body_limit(Some(10)), 10);
         assert!(check_declared_body(&cl("1000"), 1000).is_ok());
         assert_eq!(
-            check_declared_body(&cl("1001"), 1000).unwrap_err().status,
-            413
+            check_declared_body(&cl("1001"), 1000).unwrap_err(),
+            SizeError::BodyTooLarge
         );
         assert_eq!(
-            check_declared_body(&cl("11"), LIMITS.body_limit(Some(10)))
-                .unwrap_err()
-                .code,
-            "body_too_large"
+            check_declared_body(&cl("11"), LIMITS.body_limit(Some(10))).unwrap_err(),
+            SizeError::BodyTooLarge
         );
         assert!(
             check_declared_body(&req("/a", &[]), 0).is_ok(),
@@ -143,7 +130,7 @@ mod tests {
     #[test]
     fn a_long_target_is_414() {
         let r = req(&format!("/{}", "a".repeat(64)), &[]);
-        assert_eq!(LIMITS.check(&r).unwrap_err().status, 414);
+        assert_eq!(LIMITS.check(&r).unwrap_err(), SizeError::UriTooLong);
         let r = req(&format!("/{}", "a".repeat(63)), &[]);
         assert!(LIMITS.check(&r).is_ok(), "64 bytes exactly is allowed");
     }
@@ -152,15 +139,17 @@ mod tests {
     fn one_long_line_is_431() {
         // "x-a: " + 34 + CRLF = 41 > 40
         let r = req("/", &[("x-a", "b".repeat(34))]);
-        let e = LIMITS.check(&r).unwrap_err();
-        assert_eq!((e.status, e.code), (431, "headers_too_large"));
+        assert_eq!(LIMITS.check(&r).unwrap_err(), SizeError::HeadersTooLarge);
         assert!(LIMITS.check(&req("/", &[("x-a", "b".repeat(33))])).is_ok());
     }
 
     #[test]
     fn many_short_lines_add_up_to_431() {
         let lines: Vec<(&str, String)> = (0..4).map(|_| ("x-a", "b".repeat(25))).collect();
-        assert_eq!(LIMITS.check(&req("/", &lines)).unwrap_err().status, 431);
+        assert_eq!(
+            LIMITS.check(&req("/", &lines)).unwrap_err(),
+            SizeError::HeadersTooLarge
+        );
         assert!(LIMITS.check(&req("/", &lines[..3])).is_ok());
     }
 }

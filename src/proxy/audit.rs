@@ -8,18 +8,19 @@ use crate::telemetry::log_line;
 
 use super::RequestCtx;
 
-/// Records what `outcome` says about the request in `ctx` (tenant, route, identity are set).
-pub(super) fn record(ctx: &RequestCtx, outcome: &Outcome) {
-    match outcome {
+/// Records what the decision in `ctx` says about the request.
+pub(super) fn record(ctx: &RequestCtx) {
+    let Some(d) = &ctx.decision else { return };
+    match &d.outcome {
         Outcome::Refuse {
-            rejection,
+            answer,
             stage: Stage::Token,
-        } => token_refused(ctx, rejection.code),
+        } => token_refused(ctx, answer.code),
         Outcome::Refuse {
             stage: Stage::Permission,
             ..
         } => decision(ctx, "deny"),
-        Outcome::Refuse { .. } => {}
+        Outcome::Refuse { .. } | Outcome::Endpoint(_) => {}
         Outcome::Forward(f) => match &f.verdict {
             Verdict::Allow => decision(ctx, "allow"),
             Verdict::Shadow { would_be, stage } => {
@@ -34,7 +35,7 @@ pub(super) fn record(ctx: &RequestCtx, outcome: &Outcome) {
 }
 
 fn token_refused(ctx: &RequestCtx, reason: &str) {
-    let Some(tenant) = &ctx.tenant else { return };
+    let Some(tenant) = ctx.tenant() else { return };
     log_line!(
         INFO,
         "realmgate::audit",
@@ -49,7 +50,7 @@ fn token_refused(ctx: &RequestCtx, reason: &str) {
 }
 
 fn decision(ctx: &RequestCtx, decision: &str) {
-    let (Some(tenant), Some(identity)) = (&ctx.tenant, &ctx.identity) else {
+    let (Some(tenant), Some(identity)) = (ctx.tenant(), ctx.identity()) else {
         return;
     };
     let required = match ctx.rule().map(|r| r.access()) {
@@ -82,7 +83,7 @@ fn shadow_pass(ctx: &RequestCtx, would_be: &str) {
     tracing::warn!(
         target: "realmgate::audit",
         request_id = ctx.request_id_str().unwrap_or(""),
-        tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
+        tenant = ctx.tenant().map(|t| &*t.id).unwrap_or(""),
         route = ctx.route_id(),
         would_be = would_be,
         "shadow mode: request passed that enforcement would refuse"

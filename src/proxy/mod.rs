@@ -1,16 +1,18 @@
 //! The request path: one `ProxyHttp` impl that reads top to bottom.
 //!
 //! `request_filter` strips the client's copies of realmgate's headers, asks
-//! [`crate::decision::decide`] what to do, and either answers itself (`Ok(true)`) or lets the
-//! request through; `upstream_peer` picks the tenant's upstream; `upstream_request_filter`
-//! writes the verified identity; `logging` records metrics and the access line.
+//! [`crate::decision::decide`] what to do, and then forwards, answers a refusal, or hands the
+//! request to one of the gateway's own endpoints (`endpoints/`); every answer goes through
+//! `http::respond`, the one writer. `upstream_peer` picks the tenant's upstream;
+//! `upstream_request_filter` is one call into `forward` (identity headers, assertion,
+//! forwarding headers); `logging` records metrics and the access line.
 
 mod audit;
 mod endpoints;
+mod forward;
 
 use endpoints::revocation;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,19 +24,18 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::authz::ScopeId;
 use crate::config::RuntimeConfig;
-use crate::decision::{decide, Deps, Input, NoTrace, Outcome, RouteRef};
+use crate::decision::refusal::{self, FailureCounter, UpstreamFailure};
+use crate::decision::{decide, Decision, Deps, Endpoint, Forward, Input, NoTrace, Outcome};
 use crate::downstream::{mark_head_read, mark_request_done};
-use crate::http::headers::{is_valid_request_id, new_request_id, HeaderPolicy};
+use crate::http::headers::{is_valid_request_id, new_request_id};
+use crate::http::request_target::request_host;
+use crate::http::respond::{self, Answer, Stamp};
 use crate::metrics::metrics;
-use crate::http::respond::Rejection;
 use crate::state::Shared;
 use crate::telemetry::log_line;
 use crate::tenant::Tenant;
 use crate::verify::Identity;
-
-pub use crate::http::request_target::{absolute_form_authority, origin_form, request_host};
 
 /// The Pingora proxy application.
 pub struct Gateway {
@@ -61,37 +62,38 @@ pub struct RequestCtx {
     /// swaps the config meanwhile.
     config: Option<Arc<RuntimeConfig>>,
     request_id: Option<HeaderValue>,
-    tenant: Option<Arc<Tenant>>,
     /// The `Host` as received (for `X-Forwarded-Host` / `Forwarded`).
     host: Option<HeaderValue>,
-    /// The verified caller (absent on public routes).
-    identity: Option<Arc<Identity>>,
-    /// Widest scope held for the route's permission, forwarded as `X-Auth-Scope`.
-    scope: Option<ScopeId>,
-    /// The canonical request target, when it differs from what the client sent.
-    forward_target: Option<Vec<u8>>,
-    /// Route id (`routes[3]`) for logs.
-    route: Option<RouteRef>,
-    /// allow, deny, public, shadow_deny, ...
-    decision: &'static str,
-    /// On a shadow pass: the refusal enforcement would have given (sent upstream as a mark).
-    shadow: Option<&'static str>,
-    /// Set when the gateway answered instead of the upstream.
+    /// What `decide` said: tenant, route, identity and, when forwarded, scope, canonical
+    /// target, body bound and verdict.
+    decision: Option<Decision>,
+    /// Set when the gateway answered instead of the upstream: the answer's stable code.
     rejected: Option<&'static str>,
     status: u16,
     upstream_started: Option<Instant>,
-    /// The route's body bound and the body bytes streamed so far.
-    body_limit: u64,
+    /// The body bytes streamed so far (against the route's bound).
     body_seen: u64,
 }
 
 impl RequestCtx {
+    fn tenant(&self) -> Option<&Arc<Tenant>> {
+        self.decision.as_ref()?.tenant.as_ref()
+    }
+
+    fn identity(&self) -> Option<&Arc<Identity>> {
+        self.decision.as_ref()?.identity.as_ref()
+    }
+
+    fn forward(&self) -> Option<&Forward> {
+        self.decision.as_ref()?.forward_ref()
+    }
+
     /// The matched rule, in the snapshot the request was decided with.
     fn rule(&self) -> Option<&crate::authz::RouteRule> {
-        let (Some(r), Some(cfg), Some(t)) = (self.route, &self.config, &self.tenant) else {
+        let (Some(d), Some(cfg)) = (&self.decision, &self.config) else {
             return None;
         };
-        r.rule(cfg, t)
+        d.route?.rule(cfg, d.tenant.as_deref()?)
     }
 
     /// The matched rule's id (`routes[3]`, `tenants[1].routes[0]`) for logs, or "".
@@ -99,8 +101,17 @@ impl RequestCtx {
         self.rule().map_or("", |r| r.id())
     }
 
-    fn scope_name(&self) -> Option<&str> {
-        Some(self.config.as_ref()?.catalog.scopes().name(self.scope?))
+    /// The `decision` field of the access line.
+    fn decision_label(&self) -> &'static str {
+        self.decision.as_ref().map_or("", Decision::label)
+    }
+
+    /// On a shadow pass: the refusal enforcement would have given (sent upstream as a mark).
+    fn shadow(&self) -> Option<&'static str> {
+        match &self.forward()?.verdict {
+            crate::decision::Verdict::Shadow { would_be, .. } => Some(would_be.code),
+            _ => None,
+        }
     }
 
     fn request_id_str(&self) -> Option<&str> {
@@ -109,42 +120,72 @@ impl RequestCtx {
 }
 
 impl Gateway {
-    /// Writes a refusal and marks the request as answered.
-    async fn reject(
+    /// Writes `answer` through the one writer, stamped with the request id.
+    async fn write(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        answer: &Answer,
+        body_read: bool,
+    ) -> Result<()> {
+        let live = self.shared.config.load();
+        let cfg = ctx.config.as_deref().unwrap_or(&live);
+        let stamp = Stamp {
+            request_id_header: &cfg.headers.request_id,
+            request_id: ctx.request_id.as_ref(),
+            sign_in_header: None,
+        };
+        respond::to_session(session, answer, &stamp, body_read).await
+    }
+
+    /// Hands the request to one of the gateway's own endpoints and writes its answer.
+    async fn serve_endpoint(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        r: Rejection,
+        endpoint: Endpoint,
     ) -> Result<bool> {
-        let cfg = self.shared.config.load();
-        let cfg = ctx.config.as_deref().unwrap_or(&cfg);
-        let rid = ctx.request_id_str();
-        let body = r.body(rid);
-        let header = r.header(&cfg.headers.request_id, rid, body.len())?;
-        // A request body we will not read would poison a reused connection.
-        if has_body(session.req_header()) {
-            session.set_keepalive(None);
-        }
-        ctx.rejected = Some(r.code);
-        ctx.status = r.status;
-        metrics()
-            .rejections_total
-            .with_label_values(&[r.code])
-            .inc();
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(body), true).await?;
+        let (Some(tenant), Some(cfg)) = (ctx.tenant(), &ctx.config) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "endpoint without tenant",
+            ));
+        };
+        let (answer, body_read) = match endpoint {
+            Endpoint::BackchannelLogout | Endpoint::NotBeforePush => {
+                revocation::serve(
+                    &self.shared,
+                    &self.revocation_rate,
+                    session,
+                    tenant,
+                    endpoint,
+                    cfg,
+                )
+                .await?
+            }
+        };
+        Self::answered(ctx, answer.status, answer.code, true);
+        self.write(session, ctx, &answer, body_read).await?;
         Ok(true)
     }
-}
 
-pub(crate) fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+    /// Records what the gateway answered: status and code for logs, and the refusal counter
+    /// (a reserved path counts in the revocation endpoints' own, as their refusals).
+    fn answered(ctx: &mut RequestCtx, status: u16, code: &'static str, on_endpoint: bool) {
+        ctx.status = status;
+        let m = metrics();
+        if on_endpoint {
+            if status != 200 {
+                ctx.rejected = Some(code);
+                m.revocation_requests_refused_total
+                    .with_label_values(&[code])
+                    .inc();
+            }
+        } else {
+            ctx.rejected = Some(code);
+            m.rejections_total.with_label_values(&[code]).inc();
+        }
+    }
 }
 
 #[async_trait]
@@ -180,9 +221,9 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Decides the request. `Ok(true)` means realmgate has answered (a refusal); `Ok(false)`
-    /// lets it through to the upstream. Expected refusals never surface as `Err`, so they are
-    /// not logged as proxy errors.
+    /// Decides the request. `Ok(true)` means realmgate has answered (a refusal or one of its
+    /// own endpoints); `Ok(false)` lets it through to the upstream. Expected refusals never
+    /// surface as `Err`, so they are not logged as proxy errors.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         let cfg = self.shared.config.load_full();
@@ -202,13 +243,6 @@ impl ProxyHttp for Gateway {
         // Before anything else: the client never speaks for realmgate.
         cfg.headers.strip_owned(req);
 
-        // The reserved revocation paths are the gateway's own, on every tenant host.
-        if revocation::is_endpoint(&cfg, session.req_header().raw_path()) {
-            ctx.config = Some(cfg.clone());
-            return revocation::serve(&self.shared, &self.revocation_rate, session, ctx, &cfg)
-                .await;
-        }
-
         let req = session.req_header();
         let deps = Deps {
             verifier: &self.shared.verifier,
@@ -225,24 +259,26 @@ impl ProxyHttp for Gateway {
                     .and_then(|h| HeaderValue::from_bytes(h).ok())
             });
         }
-        ctx.tenant = d.tenant;
-        ctx.route = d.route;
-        ctx.identity = d.identity;
         ctx.config = Some(cfg);
-        audit::record(ctx, &d.outcome);
-        match d.outcome {
-            Outcome::Refuse { rejection, .. } => self.reject(session, ctx, rejection).await,
-            Outcome::Forward(f) => {
-                ctx.scope = f.scope;
-                ctx.forward_target = f.target;
-                ctx.body_limit = f.body_limit;
-                ctx.decision = f.verdict.label();
-                if let crate::decision::Verdict::Shadow { would_be, .. } = &f.verdict {
-                    ctx.shadow = Some(would_be.code);
-                }
-                Ok(false)
-            }
+        ctx.decision = Some(d);
+        audit::record(ctx);
+        let Some(d) = &ctx.decision else {
+            return Ok(false);
+        };
+        let (status, code, on_endpoint) = match &d.outcome {
+            Outcome::Forward(_) => return Ok(false),
+            Outcome::Endpoint(e) => return self.serve_endpoint(session, ctx, *e).await,
+            Outcome::Refuse { answer, .. } => (answer.status, answer.code, d.endpoint.is_some()),
+        };
+        Self::answered(ctx, status, code, on_endpoint);
+        if let Some(Decision {
+            outcome: Outcome::Refuse { answer, .. },
+            ..
+        }) = &ctx.decision
+        {
+            self.write(session, ctx, answer, false).await?;
         }
+        Ok(true)
     }
 
     /// The tenant's upstream (or the default), with the configured timeouts. Addresses were
@@ -252,7 +288,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(cfg), Some(tenant)) = (&ctx.config, &ctx.tenant) else {
+        let (Some(cfg), Some(tenant)) = (&ctx.config, ctx.tenant()) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no routing decision",
@@ -282,133 +318,14 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Writes the verified identity onto the upstream request. Client copies of these headers
-    /// were removed in `request_filter`, so a missing value can never let a forged one through.
+    /// Writes the verified identity onto the upstream request (`forward`).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (Some(cfg), Some(tenant)) = (&ctx.config, &ctx.tenant) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no routing decision",
-            ));
-        };
-        // Pingora's header API re-parses the name and keeps a second, case-preserving map on
-        // every insert; that was most of the gateway's per-request cost. So the headers are
-        // edited as plain `http` parts (one reservation, pre-built names and values) and the
-        // request is rebuilt without the case map: names go upstream in lowercase, as HAProxy
-        // and Envoy send them (HTTP field names are case-insensitive, RFC 9110 section 5.1).
-        let raw_target = ctx.forward_target.take().or_else(|| {
-            let raw = upstream.raw_path();
-            let via_uri = upstream
-                .uri
-                .path_and_query()
-                .map_or(&b"/"[..], |p| p.as_str().as_bytes());
-            (raw != via_uri).then(|| raw.to_vec())
-        });
-        let end_stream = upstream.send_end_stream();
-        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-        let mut parts = http::request::Parts::from(std::mem::replace(upstream, placeholder));
-        let headers = &mut parts.headers;
-        headers.reserve(16);
-
-        let h = &cfg.headers;
-        let fail_closed = || Error::explain(ErrorType::InternalError, "forwarded header value");
-        headers.insert(
-            h.tenant.clone(),
-            tenant.id_value.clone().ok_or_else(fail_closed)?,
-        );
-        headers.insert(
-            h.realm.clone(),
-            tenant.realm_value.clone().ok_or_else(fail_closed)?,
-        );
-        if let Some(id) = &ctx.identity {
-            headers.insert(h.user_id.clone(), id.sub_value().ok_or_else(fail_closed)?);
-            if let Some(name) = id.preferred_username_value() {
-                headers.insert(h.user_name.clone(), name);
-            }
-            if let Some(email) = id.email_value() {
-                headers.insert(h.user_email.clone(), email);
-            }
-            headers.insert(h.roles.clone(), id.role_set.header.clone());
-            for (name, value) in &id.extra {
-                headers.insert(name.clone(), value.clone());
-            }
-            if let Some(scope) = ctx.scope.and_then(|s| cfg.catalog.scopes().value(s)) {
-                headers.insert(h.scope.clone(), scope.clone());
-            }
-            if cfg.raw.keycloak.strip_authorization {
-                headers.remove(http::header::AUTHORIZATION);
-            }
-            // Signed identity assertion: one ES256 signature when on, one `Option` check when off.
-            if let (Some(a), Some(key)) = (&cfg.assertion, &self.shared.assertion) {
-                let path = match &raw_target {
-                    Some(t) => String::from_utf8_lossy(t),
-                    None => parts
-                        .uri
-                        .path_and_query()
-                        .map_or(Cow::Borrowed("/"), |p| Cow::Borrowed(p.as_str())),
-                };
-                let claims = crate::assertion::Assertion {
-                    tenant: &tenant.id,
-                    realm: &tenant.realm,
-                    sub: id.sub(),
-                    roles: id.all_roles(),
-                    scope: ctx.scope_name(),
-                    method: parts.method.as_str(),
-                    path: &path,
-                    request_id: ctx.request_id_str(),
-                    shadow: ctx.shadow,
-                };
-                let token = key
-                    .sign(a, &claims, crate::assertion::unix_now())
-                    .map_err(|e| {
-                        Error::because(ErrorType::InternalError, "identity assertion", e)
-                    })?;
-                parts.headers.insert(a.header.clone(), token);
-            }
-        } else {
-            // Public routes, `default_policy: allow`: nothing was verified, so nothing the
-            // client presented as a credential goes on.
-            HeaderPolicy::strip_unverified_credentials(
-                &mut parts.headers,
-                cfg.raw.keycloak.token_cookie.as_deref(),
-            );
-        }
-        let headers = &mut parts.headers;
-        if let Some(code) = ctx.shadow {
-            headers.insert(h.shadow.clone(), HeaderValue::from_static(code));
-        }
-        if let Some(id) = &ctx.request_id {
-            headers.insert(h.request_id.clone(), id.clone());
-        }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let proto = if session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some()
-        {
-            "https"
-        } else {
-            "http"
-        };
-        let no_host = HeaderValue::from_static("");
-        h.set_forwarding(headers, peer, proto, ctx.host.as_ref().unwrap_or(&no_host));
-
-        *upstream = RequestHeader::from(parts);
-        if let Some(t) = &raw_target {
-            upstream.set_raw_path(t)?;
-        }
-        if let Some(end) = end_stream {
-            upstream.set_send_end_stream(end);
-        }
-        Ok(())
+        forward::rewrite(self.shared.assertion.as_ref(), session, upstream, ctx)
     }
 
     async fn response_filter(
@@ -450,7 +367,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_seen = ctx.body_seen.saturating_add(b.len() as u64);
-            if ctx.body_seen > ctx.body_limit {
+            if ctx.body_seen > ctx.forward().map_or(0, |f| f.body_limit) {
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
                     "request body over the route's limit",
@@ -460,95 +377,38 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Upstream failures become JSON 502/504 answers; nothing internal leaks.
+    /// Upstream failures become JSON 502/504 answers (`refusal::upstream_failure`); nothing
+    /// internal leaks.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let r = match (e.esource(), e.etype()) {
-            (_, ErrorType::HTTPStatus(413)) => {
-                metrics()
-                    .rejections_total
-                    .with_label_values(&["body_too_large"])
-                    .inc();
-                crate::limits::body_too_large()
-            }
-            (_, ErrorType::HTTPStatus(code)) if *code >= 400 => {
-                Rejection::new(*code, "bad_request", "the request could not be processed")
-            }
-            (
-                ErrorSource::Downstream,
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
-            ) => {
+        let (mut answer, counter) = match refusal::upstream_failure(e.esource(), e.etype()) {
+            UpstreamFailure::ClientGone => {
                 ctx.status = 499;
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
                 };
             }
-            (ErrorSource::Downstream, _) => {
-                Rejection::new(400, "bad_request", "the request could not be read")
-            }
-            (
-                _,
-                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => {
-                metrics()
-                    .upstream_errors_total
-                    .with_label_values(&["timeout"])
-                    .inc();
-                Rejection::new(
-                    504,
-                    "upstream_timeout",
-                    "the upstream did not answer in time",
-                )
-            }
-            (
-                ErrorSource::Upstream,
-                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute,
-            ) => {
-                metrics()
-                    .upstream_errors_total
-                    .with_label_values(&["connect"])
-                    .inc();
-                Rejection::new(502, "upstream_unavailable", "the upstream is not reachable")
-            }
-            (ErrorSource::Upstream, _) => {
-                metrics()
-                    .upstream_errors_total
-                    .with_label_values(&["other"])
-                    .inc();
-                Rejection::new(502, "upstream_error", "the upstream failed to answer")
-            }
-            _ => Rejection::new(
-                500,
-                "internal_error",
-                "the gateway failed to process the request",
-            ),
+            UpstreamFailure::Answer(a, c) => (a, c),
         };
-        ctx.status = r.status;
-        ctx.rejected = Some(r.code);
-        let code = r.status;
-        let rid = ctx.request_id_str();
-        let body = r.body(rid);
-        let cfg = self.shared.config.load();
-        // If the response head already went out, nothing more can be said to the client.
-        if session.response_written().is_none() {
-            if let Ok(header) = r.header(&cfg.headers.request_id, rid, body.len()) {
-                session.set_keepalive(None);
-                if session
-                    .write_response_header(Box::new(header), false)
-                    .await
-                    .is_ok()
-                {
-                    let _ = session.write_response_body(Some(body), true).await;
-                }
+        let m = metrics();
+        match counter {
+            FailureCounter::Rejection => m.rejections_total.with_label_values(&[answer.code]).inc(),
+            FailureCounter::Upstream(kind) => {
+                m.upstream_errors_total.with_label_values(&[kind]).inc()
             }
+            FailureCounter::None => {}
         }
+        answer.close = true;
+        let _ = self.write(session, ctx, &answer, false).await;
+        ctx.status = answer.status;
+        ctx.rejected = Some(answer.code);
         FailToProxy {
-            error_code: code,
+            error_code: answer.status,
             can_reuse_downstream: false,
         }
     }
@@ -563,9 +423,8 @@ impl ProxyHttp for Gateway {
             .unwrap_or(ctx.status);
         let m = metrics();
         let tenant = ctx
-            .tenant
-            .as_ref()
-            .map(|t| tenant_label(t, ctx.identity.is_some()))
+            .tenant()
+            .map(|t| tenant_label(t, ctx.identity().is_some()))
             .unwrap_or("none");
         m.requests_total
             .with_label_values(&[tenant, status_label(status)])
@@ -586,11 +445,11 @@ impl ProxyHttp for Gateway {
                 "realmgate::access",
                 "request",
                 request_id = ctx.request_id_str().unwrap_or(""),
-                tenant = ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or(""),
-                realm = ctx.tenant.as_ref().map(|t| &*t.realm).unwrap_or(""),
-                sub = ctx.identity.as_ref().map(|i| i.sub()).unwrap_or(""),
+                tenant = ctx.tenant().map(|t| &*t.id).unwrap_or(""),
+                realm = ctx.tenant().map(|t| &*t.realm).unwrap_or(""),
+                sub = ctx.identity().map(|i| i.sub()).unwrap_or(""),
                 route = ctx.route_id(),
-                decision = ctx.decision,
+                decision = ctx.decision_label(),
                 method = req.method.as_str(),
                 path = req.uri.path(),
                 status = status,
@@ -639,7 +498,7 @@ fn summary(req: &RequestHeader, ctx: &RequestCtx) -> String {
         "{} {} host={host} tenant={} request_id={}",
         req.method,
         req.uri.path(),
-        ctx.tenant.as_ref().map(|t| &*t.id).unwrap_or("-"),
+        ctx.tenant().map(|t| &*t.id).unwrap_or("-"),
         ctx.request_id_str().unwrap_or("-")
     )
 }

@@ -51,11 +51,3 @@ impl Default for RevocationSettings {
         }
     }
 }
-
-impl RevocationSettings {
-    /// Whether `path` (the request path, no query) is one of the reserved endpoints.
-    pub fn is_reserved(&self, path: &[u8]) -> bool {
-        self.enabled
-            && (path == self.backchannel_path.as_bytes() || path == self.not_before_path.as_bytes())
-    }
-}

@@ -210,8 +210,8 @@ pub fn route_fixture() -> RouteFixture {
         };
         // Leaked: a few KiB, once per bench process, so requests can borrow 'static.
         let bytes: &'static [u8] = Box::leak(path.into_bytes().into_boxed_slice());
-        let c = canonicalize(bytes, SlashPolicy::Merge)
-            .unwrap_or_else(|e| panic!("fixture path: {e}"));
+        let c =
+            canonicalize(bytes, SlashPolicy::Merge).unwrap_or_else(|e| panic!("fixture path: {e}"));
         requests.push((methods[rng.below(methods.len())].clone(), c));
     }
     RouteFixture { table, requests }

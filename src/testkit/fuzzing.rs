@@ -18,8 +18,8 @@ use crate::authz::{
     canonicalize, match_layered, parse_permission, Catalog, PermissionSet, RouteRule, Scopes,
 };
 use crate::config::RuntimeConfig;
-use crate::jwks::{build_key_set, key_store_with_clock, Alg, AlgSet, KeySet, MAX_KEYS_PER_REALM};
 use crate::http::request_target::{absolute_form_authority, origin_form, request_host};
+use crate::jwks::{build_key_set, key_store_with_clock, Alg, AlgSet, KeySet, MAX_KEYS_PER_REALM};
 use crate::tenant::{normalize_host, Tenant};
 use crate::verify::Verifier;
 

@@ -1,6 +1,8 @@
 //! Test harness: the real gateway on ephemeral ports (Pingora on its own thread, stopped
 //! through a channel), a real recording upstream, and helpers for raw HTTP.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// The harness plays a client: it writes raw bytes on its own sockets.
+#![allow(clippy::disallowed_methods)]
 
 pub mod idp;
 
@@ -17,8 +19,8 @@ use axum::Router;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use pingora::server::ShutdownSignal;
-use realmgate::config::{self, RuntimeConfig};
 use realmgate::app::server::{build_server, run_with_channel, ProcessOptions};
+use realmgate::config::{self, RuntimeConfig};
 use realmgate::state::Shared;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,30 +1,28 @@
 //! The revocation endpoints on the proxy listener: OIDC back-channel logout and Keycloak's
-//! not-before push, at the reserved paths of `revocation:` on every tenant host. Answered by
-//! the gateway itself (never forwarded, no bearer token needed), rate-limited process-wide,
-//! bodies bounded. The host names the realm: a logout token is verified with that realm's
-//! keys and must be issued by exactly that realm.
+//! not-before push, at the reserved paths of `revocation:` on every tenant host. The decision
+//! has already bounded the head, resolved the host to its tenant and checked the method
+//! (`decision::Endpoint`); this module reads the body (bounded), verifies and revokes. The
+//! host names the realm: a logout token is verified with that realm's keys and must be issued
+//! by exactly that realm.
 //!
-//! Answers: 200 (empty body) on success; 400 `{"error": "invalid_request", "reason": ...}`
-//! for anything invalid (nothing is revoked then); 405 for another method; 429 over the rate;
-//! 503 when the realm's keys cannot be had (Keycloak may retry). Always `Cache-Control:
-//! no-store`.
+//! Answers (the OAuth error shape, `http::answer::Body::OAuth`): 200 (empty body) on success;
+//! 400 `{"error": "invalid_request", "reason": ...}` for anything invalid (nothing is revoked
+//! then); 429 over the rate; 503 when the realm's keys cannot be had (Keycloak may retry).
+//! Always `Cache-Control: no-store`.
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use serde_json::json;
 
-use crate::http::request_target::{origin_form, request_host};
-use crate::proxy::{has_body, RequestCtx};
 use crate::config::RuntimeConfig;
-use crate::metrics::metrics;
+use crate::decision::Endpoint;
+use crate::http::respond::Answer;
 use crate::revocation::logout_token::{self, Expect, LogoutError};
 use crate::revocation::not_before;
 use crate::revocation::replay::Seen;
 use crate::revocation::{Kind, RevocationSettings, Source};
 use crate::state::Shared;
+use crate::tenant::Tenant;
 use crate::verify::{AuthError, UnverifiedJws};
 
 /// The process-wide rate bound of the endpoints (rebuilt when the configured rate changes).
@@ -48,33 +46,12 @@ impl EndpointRate {
     }
 }
 
-/// An answer of the endpoints.
-struct Answer {
-    status: u16,
-    reason: &'static str,
-    description: &'static str,
+fn bad(reason: &'static str, description: &'static str) -> Answer {
+    Answer::oauth(400, reason, description)
 }
 
-impl Answer {
-    fn ok() -> Self {
-        Self {
-            status: 200,
-            reason: "",
-            description: "",
-        }
-    }
-
-    fn bad(reason: &'static str, description: &'static str) -> Self {
-        Self {
-            status: 400,
-            reason,
-            description,
-        }
-    }
-
-    fn logout(e: LogoutError) -> Self {
-        Self::bad(e.code(), logout_description(e))
-    }
+fn logout_refused(e: LogoutError) -> Answer {
+    bad(e.code(), logout_description(e))
 }
 
 fn logout_description(e: LogoutError) -> &'static str {
@@ -118,20 +95,14 @@ async fn verified(shared: &Shared, jws: &UnverifiedJws<'_>) -> std::result::Resu
 /// A JWS the realm's keys refused.
 fn unverified(e: &AuthError) -> Answer {
     match e {
-        AuthError::RealmUnavailable { .. } => Answer {
-            status: 503,
-            reason: "realm_unavailable",
-            description: "the realm's keys are unavailable, try again later",
-        },
-        e => Answer::bad(e.code(), "the token's signature or header is not accepted"),
+        AuthError::RealmUnavailable { .. } => Answer::oauth(
+            503,
+            "realm_unavailable",
+            "the realm's keys are unavailable, try again later",
+        )
+        .with_retry_after(1),
+        e => bad(e.code(), "the token's signature or header is not accepted"),
     }
-}
-
-/// Whether the request targets a reserved revocation path (query ignored).
-pub(crate) fn is_endpoint(cfg: &RuntimeConfig, raw_path: &[u8]) -> bool {
-    let target = origin_form(raw_path);
-    let path = target.split(|b| *b == b'?').next().unwrap_or(target);
-    cfg.revocation.is_reserved(path)
 }
 
 /// Reads the body, up to `max` bytes; None when it is larger.
@@ -173,138 +144,53 @@ fn is_form(session: &Session) -> bool {
         })
 }
 
-/// Answers one request to a reserved path (`is_endpoint` said so). Returns `Ok(true)`:
-/// the gateway answered.
+/// Answers one request the decision handed to `endpoint` on `tenant`'s host. Returns the
+/// answer and whether the request body was read (an unread one ends keep-alive).
 pub(crate) async fn serve(
     shared: &Shared,
     rate: &EndpointRate,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    tenant: &Tenant,
+    endpoint: Endpoint,
     cfg: &RuntimeConfig,
-) -> Result<bool> {
-    let mut read = false;
-    let answer = decide(shared, rate, session, ctx, cfg, &mut read).await?;
-    // A request body we did not read would poison a reused connection.
-    if !read && has_body(session.req_header()) {
-        session.set_keepalive(None);
-    }
-    if answer.status != 200 {
-        metrics()
-            .revocation_requests_refused_total
-            .with_label_values(&[answer.reason])
-            .inc();
-    }
-    ctx.status = answer.status;
-    ctx.decision = "revocation";
-    if answer.status != 200 {
-        ctx.rejected = Some(answer.reason);
-    }
-    let body = if answer.status == 200 {
-        Bytes::new()
-    } else {
-        let mut v = json!({
-            "error": if answer.status == 400 { "invalid_request" } else { answer.reason },
-            "error_description": answer.description,
-            "reason": answer.reason,
-        });
-        if let Some(id) = ctx.request_id_str() {
-            v["request_id"] = json!(id);
-        }
-        Bytes::from(v.to_string())
-    };
-    let mut h = ResponseHeader::build(answer.status, Some(6))?;
-    if !body.is_empty() {
-        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    }
-    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    match answer.status {
-        405 => h.insert_header(http::header::ALLOW, "POST")?,
-        429 | 503 => h.insert_header(http::header::RETRY_AFTER, "1")?,
-        _ => {}
-    }
-    if let Some(id) = &ctx.request_id {
-        h.insert_header(cfg.headers.request_id.clone(), id.clone())?;
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(true)
-}
-
-async fn decide(
-    shared: &Shared,
-    rate: &EndpointRate,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    cfg: &RuntimeConfig,
-    read: &mut bool,
-) -> Result<Answer> {
+) -> Result<(Answer, bool)> {
     let s = &cfg.revocation;
-    let req = session.req_header();
-    if cfg.limits.check(req).is_err() {
-        return Ok(Answer::bad(
-            "request_too_large",
-            "the request head is too large",
-        ));
-    }
-    let tenant = match request_host(req, session.is_http2())
-        .ok()
-        .and_then(|h| cfg.tenants.resolve_raw(h).ok())
-    {
-        Some(t) => t,
-        None => {
-            return Ok(Answer {
-                status: 404,
-                reason: "unknown_host",
-                description: "no tenant is configured for this host",
-            });
-        }
-    };
-    ctx.tenant = Some(tenant.clone());
-    if req.method != http::Method::POST {
-        return Ok(Answer {
-            status: 405,
-            reason: "method_not_allowed",
-            description: "only POST is accepted here",
-        });
-    }
     if !rate.admit(s.rate_per_second) {
-        return Ok(Answer {
-            status: 429,
-            reason: "rate_limited",
-            description: "too many logout requests, try again later",
-        });
+        let a = Answer::oauth(
+            429,
+            "rate_limited",
+            "too many logout requests, try again later",
+        );
+        return Ok((a.with_retry_after(1), false));
     }
-    let path = origin_form(req.raw_path());
-    let backchannel = path.starts_with(s.backchannel_path.as_bytes())
-        && path
-            .get(s.backchannel_path.len())
-            .is_none_or(|b| *b == b'?');
+    let backchannel = endpoint == Endpoint::BackchannelLogout;
     if backchannel && !is_form(session) {
-        return Ok(Answer::bad(
+        let a = bad(
             "wrong_content_type",
             "the body must be application/x-www-form-urlencoded",
-        ));
+        );
+        return Ok((a, false));
     }
-    let declared = req
+    let declared = session
+        .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let too_large = || Answer::bad("body_too_large", "the request body is too large");
+    let too_large = || bad("body_too_large", "the request body is too large");
     if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
-        return Ok(too_large());
+        return Ok((too_large(), false));
     }
     let Some(body) = read_body(session, s.max_body_bytes).await? else {
-        return Ok(too_large());
+        return Ok((too_large(), false));
     };
-    *read = true;
     let now = shared.keys.now();
-    if backchannel {
-        Ok(logout(shared, s, &tenant.id, &tenant.realm, &body, now).await)
+    let answer = if backchannel {
+        logout(shared, s, &tenant.id, &tenant.realm, &body, now).await
     } else {
-        Ok(push_not_before(shared, s, &tenant.id, &tenant.realm, &body, now).await)
-    }
+        push_not_before(shared, s, &tenant.id, &tenant.realm, &body, now).await
+    };
+    Ok((answer, true))
 }
 
 async fn logout(
@@ -316,7 +202,7 @@ async fn logout(
     now: u64,
 ) -> Answer {
     let Some(token) = logout_token_field(body) else {
-        return Answer::bad(
+        return bad(
             "missing_logout_token",
             "the body must carry exactly one logout_token field",
         );
@@ -336,14 +222,14 @@ async fn logout(
     };
     let t = match logout_token::validate(jws.typ.as_deref(), &jws.payload, &x) {
         Ok(t) => t,
-        Err(e) => return Answer::logout(e),
+        Err(e) => return logout_refused(e),
     };
     if let Err(a) = verified(shared, &jws).await {
         return a;
     }
     let r = &shared.revoker;
     match r.replay.remember(&jws.issuer, &t.jti, t.fresh_until, now) {
-        Seen::Replayed => return Answer::logout(LogoutError::Replayed),
+        Seen::Replayed => return logout_refused(LogoutError::Replayed),
         Seen::Full => tracing::warn!("jti replay set full: logout token accepted unremembered"),
         Seen::New => {}
     }
@@ -375,7 +261,7 @@ async fn logout(
             );
         }
     }
-    Answer::ok()
+    Answer::empty(200)
 }
 
 async fn push_not_before(
@@ -387,7 +273,7 @@ async fn push_not_before(
     now: u64,
 ) -> Answer {
     let Some(token) = std::str::from_utf8(body).ok().map(str::trim) else {
-        return Answer::bad("malformed", "the body must be the signed not-before action");
+        return bad("malformed", "the body must be the signed not-before action");
     };
     let jws = match read(shared, s, realm, token) {
         Ok(j) => j,
@@ -400,7 +286,7 @@ async fn push_not_before(
         }
     }
     match checked {
-        Ok(0) => Answer::ok(),
+        Ok(0) => Answer::empty(200),
         Ok(nb) => {
             shared.revoker.revoke(
                 Kind::NotBefore,
@@ -412,8 +298,8 @@ async fn push_not_before(
                 tenant,
                 now,
             );
-            Answer::ok()
+            Answer::empty(200)
         }
-        Err(e) => Answer::bad(e.code(), "the not-before push is not valid"),
+        Err(e) => bad(e.code(), "the not-before push is not valid"),
     }
 }
