@@ -289,25 +289,7 @@ impl<'c> Narrative<'c> {
 impl Trace for Narrative<'_> {
     fn step(&mut self, step: Step<'_>) {
         match step {
-            Step::Tenant { host, tenant } => {
-                self.tenant = Some(tenant.clone());
-                let source = match tenant.source {
-                    TenantSource::Static { index } => format!("tenants[{index}]"),
-                    TenantSource::Pattern { index } => {
-                        format!("host_patterns[{index}], realm loaded on demand")
-                    }
-                };
-                self.numbered(
-                    "host",
-                    format!(
-                        "{} -> tenant {} (realm {}, status {}, {source})",
-                        String::from_utf8_lossy(host),
-                        tenant.id,
-                        tenant.realm,
-                        tenant.status
-                    ),
-                );
-            }
+            Step::Tenant { host, tenant } => self.tenant(host, tenant),
             Step::Path { canonical } => {
                 let rewritten = if canonical.is_rewritten() {
                     format!(
@@ -324,103 +306,27 @@ impl Trace for Narrative<'_> {
                 rule,
                 default_policy,
                 enforce,
-            } => {
-                match rule {
-                    Some(r) => self.numbered(
-                        "route",
-                        format!("{method} matched {} \"{}\"", r.id(), r.pattern()),
-                    ),
-                    None => self.numbered(
-                        "route",
-                        format!(
-                            "{method} matched no rule; default_policy {}",
-                            match default_policy {
-                                DefaultPolicy::Deny => "deny",
-                                DefaultPolicy::Authenticated => "authenticated",
-                                DefaultPolicy::Allow => "allow",
-                            }
-                        ),
-                    ),
-                }
-                if !enforce {
-                    self.line("shadow mode (enforce: false): a refusal below is logged and counted, the request passes");
-                }
-            }
-            Step::Access { asked } => match asked {
-                Asked::Public => {
-                    self.numbered("access", "public: no token needed, no identity forwarded")
-                }
-                Asked::Authenticated => {
-                    self.numbered("access", "authenticated: any valid token of this realm")
-                }
-                Asked::Permission(req) => self.numbered(
-                    "access",
-                    format!("requires {} ({:?})", req.label(), req.mode()),
-                ),
-                Asked::Denied => self.numbered("access", "no rule allows it (default_policy deny)"),
-            },
-            Step::Token { identity } => {
-                let how = match (&self.claims_key, &self.tenant) {
-                    (Some(_), _) => {
-                        "claims supplied with --claims: every check but the signature applied"
-                            .to_string()
-                    }
-                    (None, Some(t)) => format!(
-                        "verified against realm {}'s keys (signature, alg, iss, aud, exp/nbf/iat, typ)",
-                        t.realm
-                    ),
-                    (None, None) => "verified".to_string(),
-                };
-                self.numbered("token", how);
-                self.line(format!("sub {}", identity.sub()));
-                let roles = self.cfg_roles(identity.all_roles());
-                self.numbered("roles", roles);
-                if !identity.permissions.is_empty() {
-                    let p: Vec<&str> = identity.permissions.iter().map(|p| &**p).collect();
-                    self.line(format!("token permissions claim: {}", p.join(", ")));
-                }
-            }
-            Step::Grants { source } => {
-                let note = match source {
-                    GrantSource::Redis(raw) => format!(
-                        "redis: {} user grant(s) [{}]; role grants: {}",
-                        raw.user.len(),
-                        raw.user.join(", "),
-                        raw.roles
-                            .iter()
-                            .map(|(r, g)| format!("{r}=[{}]", g.join(", ")))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                    GrantSource::Unavailable => {
-                        "redis unavailable: Redis-only grants are not counted (fail closed)".into()
-                    }
-                    GrantSource::Disabled => "redis not configured".into(),
-                };
-                self.numbered("grants", note);
-            }
+            } => self.route(method, rule, default_policy, enforce),
+            Step::Access { asked } => self.numbered("access", access(asked)),
+            Step::Token { identity } => self.token(identity),
+            Step::Grants { source } => self.numbered("grants", grants(source)),
             Step::Permission {
                 requirement,
                 granted,
-            } => match granted {
-                Some(scope) => {
-                    let scope = self.cfg.catalog.scopes().name(scope);
-                    self.numbered(
-                        "permission",
-                        format!(
-                            "{} granted; widest scope held: {scope} (forwarded as X-Auth-Scope)",
-                            requirement.label()
-                        ),
-                    );
-                }
-                None => self.numbered(
-                    "permission",
-                    format!(
+            } => {
+                let text = match granted {
+                    Some(scope) => format!(
+                        "{} granted; widest scope held: {} (forwarded as X-Auth-Scope)",
+                        requirement.label(),
+                        self.cfg.catalog.scopes().name(scope)
+                    ),
+                    None => format!(
                         "{} not granted by any role, claim or Redis grant",
                         requirement.label()
                     ),
-                ),
-            },
+                };
+                self.numbered("permission", text);
+            }
             Step::Endpoint { endpoint } => self.numbered(
                 "endpoint",
                 format!(
@@ -434,28 +340,127 @@ impl Trace for Narrative<'_> {
                 answer,
                 detail,
             } => {
-                let title = match stage {
-                    Stage::Request => "request",
-                    Stage::Host => "host",
-                    Stage::Endpoint => "endpoint",
-                    Stage::Tenant => "tenant",
-                    Stage::Path => "path",
-                    Stage::Route => "route",
-                    Stage::Token => "token",
-                    Stage::Permission => "permission",
-                };
                 let why = match detail {
                     Detail::None => answer.message().to_string(),
                     Detail::Reason(r) => format!("{} ({r})", answer.message()),
                     Detail::Auth(e) => format!("refused: {}", e.description()),
                 };
-                self.numbered(title, format!("{why} -> {} {}", answer.status, answer.code));
+                let text = format!("{why} -> {} {}", answer.status, answer.code);
+                self.numbered(stage_title(stage), text);
             }
             Step::ShadowPass { would_be } => self.line(format!(
                 "shadow mode: {} {} is logged and counted, the request passes",
                 would_be.status, would_be.code
             )),
         }
+    }
+}
+
+impl Narrative<'_> {
+    fn tenant(&mut self, host: &[u8], tenant: &crate::tenant::Tenant) {
+        self.tenant = Some(tenant.clone());
+        let source = match tenant.source {
+            TenantSource::Static { index } => format!("tenants[{index}]"),
+            TenantSource::Pattern { index } => {
+                format!("host_patterns[{index}], realm loaded on demand")
+            }
+        };
+        self.numbered(
+            "host",
+            format!(
+                "{} -> tenant {} (realm {}, status {}, {source})",
+                String::from_utf8_lossy(host),
+                tenant.id,
+                tenant.realm,
+                tenant.status
+            ),
+        );
+    }
+
+    fn route(
+        &mut self,
+        method: &http::Method,
+        rule: Option<&crate::authz::RouteRule>,
+        default_policy: DefaultPolicy,
+        enforce: bool,
+    ) {
+        let text = match rule {
+            Some(r) => format!("{method} matched {} \"{}\"", r.id(), r.pattern()),
+            None => format!(
+                "{method} matched no rule; default_policy {}",
+                match default_policy {
+                    DefaultPolicy::Deny => "deny",
+                    DefaultPolicy::Authenticated => "authenticated",
+                    DefaultPolicy::Allow => "allow",
+                }
+            ),
+        };
+        self.numbered("route", text);
+        if !enforce {
+            self.line("shadow mode (enforce: false): a refusal below is logged and counted, the request passes");
+        }
+    }
+
+    fn token(&mut self, identity: &crate::verify::Identity) {
+        let how = match (&self.claims_key, &self.tenant) {
+            (Some(_), _) => {
+                "claims supplied with --claims: every check but the signature applied".to_string()
+            }
+            (None, Some(t)) => format!(
+                "verified against realm {}'s keys (signature, alg, iss, aud, exp/nbf/iat, typ)",
+                t.realm
+            ),
+            (None, None) => "verified".to_string(),
+        };
+        self.numbered("token", how);
+        self.line(format!("sub {}", identity.sub()));
+        let roles = self.cfg_roles(identity.all_roles());
+        self.numbered("roles", roles);
+        if !identity.permissions.is_empty() {
+            let p: Vec<&str> = identity.permissions.iter().map(|p| &**p).collect();
+            self.line(format!("token permissions claim: {}", p.join(", ")));
+        }
+    }
+}
+
+fn access(asked: Asked<'_>) -> String {
+    match asked {
+        Asked::Public => "public: no token needed, no identity forwarded".into(),
+        Asked::Authenticated => "authenticated: any valid token of this realm".into(),
+        Asked::Permission(req) => format!("requires {} ({:?})", req.label(), req.mode()),
+        Asked::Denied => "no rule allows it (default_policy deny)".into(),
+    }
+}
+
+fn grants(source: &GrantSource) -> String {
+    match source {
+        GrantSource::Redis(raw) => format!(
+            "redis: {} user grant(s) [{}]; role grants: {}",
+            raw.user.len(),
+            raw.user.join(", "),
+            raw.roles
+                .iter()
+                .map(|(r, g)| format!("{r}=[{}]", g.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        GrantSource::Unavailable => {
+            "redis unavailable: Redis-only grants are not counted (fail closed)".into()
+        }
+        GrantSource::Disabled => "redis not configured".into(),
+    }
+}
+
+fn stage_title(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Request => "request",
+        Stage::Host => "host",
+        Stage::Endpoint => "endpoint",
+        Stage::Tenant => "tenant",
+        Stage::Path => "path",
+        Stage::Route => "route",
+        Stage::Token => "token",
+        Stage::Permission => "permission",
     }
 }
 
