@@ -108,7 +108,7 @@ for rep in $(seq "$reps"); do
     taskset -c 1 python3 "$here/drive.py" 18443 "$host" "$path" "$t" "$n" 4 "$expect"
     offset=$((offset + n))
     callgrind_control -d "$vpid" >/dev/null
-    kill "$vpid"; wait "$vpid" 2>/dev/null || true
+    kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true  # SIGINT: fast shutdown (SIGTERM waits out the grace period)
     # The dump after zeroing holds exactly the N requests (plus background ticks meanwhile).
     dump=$(ls -t "$cgout"* | grep -v "$cgout\$" | head -1 || true); dump=${dump:-$cgout}
     events=$(grep -m1 '^events:' "$dump" | cut -d' ' -f2-)
