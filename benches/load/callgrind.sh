@@ -4,11 +4,15 @@
 # cannot hide or fake a change. BENCHMARKS.md's "Ir per request" figures come from here.
 #
 #   benches/load/callgrind.sh [--reps N] [--n REQUESTS] [--only ROW,ROW] [--cache-sim]
-#                             [--no-build] [--out FILE]
+#                             [--no-build] [--out FILE] [--label TEXT] [--bin REALMGATE]
 #
 # Each row: the proxy starts under valgrind on core 0, 300 warm-up requests, counters zeroed,
 # then N requests (default 2 000) round-robin over 4 keep-alive connections (drive.py), a
-# dump, and the whole process's user-space instructions divided by N. Reps are separate
+# dump, and user-space instructions divided by N: for the proxy's worker thread (the thread
+# that served the requests: the figure compared between commits) and for the whole process
+# (worker plus every background thread). The worker figure is the steadier one: background
+# threads tick on wall-clock timers (the log flusher every 100 ms, refreshers), so their share
+# per request grows when a loaded machine makes the valgrind run slower. Reps are separate
 # processes; the table shows the median and the spread. Rows are those of run.sh:
 #   pingora-bare, rg-public, rg-guarded, rg-guarded-warn, rg-many, rg-401-badsig,
 #   rg-401-expired, rg-redis (needs Redis on 127.0.0.1:6379).
@@ -19,7 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 shared=${SHARED_BENCH:-$repo/../shared/bench}
 work=${BENCH_WORK:-$repo/target/peer-bench}
-reps=3; n=2000; only=""; cache=0; build=1; out=""; many_count=100000
+reps=3; n=2000; only=""; cache=0; build=1; out=""; many_count=100000; label=""; bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps="$2"; shift ;;
@@ -28,6 +32,8 @@ while [ $# -gt 0 ]; do
     --cache-sim) cache=1 ;;
     --no-build) build=0 ;;
     --out) out="$2"; shift ;;
+    --label) label="$2"; shift ;;
+    --bin) bin="$2"; build=0; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac; shift
 done
@@ -36,6 +42,8 @@ for t in valgrind callgrind_control nginx taskset curl python3 openssl; do
 done
 [ -d "$shared/pingora-passthrough" ] || { echo "shared harness not found at $shared (set SHARED_BENCH)" >&2; exit 2; }
 source "$here/prepare.sh"
+# --bin: measure another realmgate build (e.g. the commit before, for an A/B/A comparison).
+[ -n "$bin" ] && rg="$bin"
 
 tmp=$(mktemp -d); pids=()
 cleanup() {
@@ -89,7 +97,7 @@ for rep in $(seq "$reps"); do
     IFS='|' read -r name path tok expect envs conf <<<"$r"
     selected "$name" || continue
     cgout="$tmp/cg.$name.$rep"
-    vg=(valgrind --tool=callgrind "${sim[@]}" --dump-instr=no --callgrind-out-file="$cgout")
+    vg=(valgrind --tool=callgrind "${sim[@]}" --separate-threads=yes --dump-instr=no --callgrind-out-file="$cgout")
     if [ "$name" = pingora-bare ]; then
       taskset -c 0 "${vg[@]}" "$pt" 127.0.0.1:18443 127.0.0.1:18000 1 >"$tmp/$name.log" 2>&1 &
       vpid=$!; pids+=($vpid); wait_port 18443
@@ -109,40 +117,54 @@ for rep in $(seq "$reps"); do
     offset=$((offset + n))
     callgrind_control -d "$vpid" >/dev/null
     kill -INT "$vpid"; wait "$vpid" 2>/dev/null || true  # SIGINT: fast shutdown (SIGTERM waits out the grace period)
-    # The dump after zeroing holds exactly the N requests (plus background ticks meanwhile).
-    dump=$(ls -t "$cgout"* | grep -v "$cgout\$" | head -1 || true); dump=${dump:-$cgout}
-    events=$(grep -m1 '^events:' "$dump" | cut -d' ' -f2-)
-    totals=$(grep -m1 -E '^(totals|summary):' "$dump" | cut -d' ' -f2-)
-    printf '%s\t%s\t%s\t%s\n' "$rep" "$name" "$events" "$totals" >> "$raw"
-    ir=$(echo "$totals" | awk '{print $1}')
-    awk -v r="$rep" -v nm="$name" -v ir="$ir" -v n="$n" 'BEGIN { printf "  rep %s %-17s %9.0f Ir/request\n", r, nm, ir / n }'
+    # The dump after zeroing (".1-<thread>" files) holds exactly the N requests plus whatever
+    # the background threads did meanwhile.
+    python3 - "$rep" "$name" "$cgout" >> "$raw" <<'PY'
+import glob, sys
+rep, name, base = sys.argv[1:4]
+events, threads = None, []
+for f in sorted(glob.glob(base + ".1-*")):
+    tot = None
+    for line in open(f, errors="replace"):
+        if line.startswith("events:") and events is None:
+            events = line.split()[1:]
+        if line.startswith(("totals:", "summary:")):
+            tot = [int(x) for x in line.split()[1:]]
+    if tot:
+        threads.append(tot)
+worker = max(threads, key=lambda t: t[0])
+process = [sum(t[i] for t in threads) for i in range(len(worker))]
+print(f"{rep}\t{name}\t{' '.join(events)}\t{' '.join(map(str, worker))}\t{' '.join(map(str, process))}")
+PY
+    tail -1 "$raw" | awk -F'\t' -v n="$n" '{split($4, w, " "); split($5, p, " "); printf "  rep %s %-17s %9.0f Ir/request (worker)  %9.0f (process)\n", $1, $2, w[1] / n, p[1] / n}'
     rm -f "$cgout"*
   done
 done
 
 table=$(python3 - "$raw" "$n" <<'PY'
 import sys, statistics as st
-from collections import defaultdict, OrderedDict
+from collections import OrderedDict
 n = int(sys.argv[2]); rows = OrderedDict(); ev = None
 for line in open(sys.argv[1]):
-    rep, name, events, totals = line.rstrip("\n").split("\t")
+    rep, name, events, worker, process = line.rstrip("\n").split("\t")
     ev = events.split()
-    rows.setdefault(name, []).append([int(x) for x in totals.split()])
-bare = st.median(r[0] for r in rows["pingora-bare"]) / n if "pingora-bare" in rows else None
-cols = ["Ir/request (median)", "min", "max", "x bare Pingora"]
+    rows.setdefault(name, []).append(([int(x) for x in worker.split()], [int(x) for x in process.split()]))
+med = lambda vals, k, i: st.median(v[k][i] for v in vals) / n
+bare = med(rows["pingora-bare"], 0, 0) if "pingora-bare" in rows else None
 extra = [e for e in ("D1mr", "D1mw", "DLmr", "DLmw", "I1mr", "ILmr") if e in ev]
+cols = ["worker Ir/request (median)", "min", "max", "x bare Pingora", "process Ir/request"]
 print("| row | " + " | ".join(cols + [e + "/request" for e in extra]) + " |")
 print("|---" * (1 + len(cols) + len(extra)) + "|")
 for name, vals in rows.items():
-    irs = [v[0] / n for v in vals]
-    med = st.median(irs)
-    cells = [f"{med:,.0f}", f"{min(irs):,.0f}", f"{max(irs):,.0f}", f"{med / bare:.3f}" if bare else "-"]
+    irs = [v[0][0] / n for v in vals]
+    m = st.median(irs)
+    cells = [f"{m:,.0f}", f"{min(irs):,.0f}", f"{max(irs):,.0f}", f"{m / bare:.3f}" if bare else "-",
+             f"{med(vals, 1, 0):,.0f}"]
     for e in extra:
-        i = ev.index(e)
-        cells.append(f"{st.median(v[i] for v in vals) / n:.1f}")
+        cells.append(f"{med(vals, 0, ev.index(e)):.1f}")
     print(f"| {name} | " + " | ".join(cells) + " |")
 PY
 )
-echo; echo "$table"
-echo; echo "($(date -u '+%F %H:%M UTC'), $(git -C "$repo" rev-parse --short HEAD), $n requests x $reps reps per row, cache-sim=$cache)"
-if [ -n "$out" ]; then { echo "$table"; echo; echo "($(date -u '+%F %H:%M UTC'), $(git -C "$repo" rev-parse --short HEAD), $n requests x $reps reps, cache-sim=$cache)"; } > "$out"; fi
+stamp="($(date -u '+%F %H:%M UTC'), ${label:-$(git -C "$repo" rev-parse --short HEAD)}, $n requests x $reps reps per row, cache-sim=$cache)"
+echo; echo "$table"; echo; echo "$stamp"
+if [ -n "$out" ]; then { echo "$table"; echo; echo "$stamp"; } > "$out"; fi
