@@ -5,6 +5,7 @@
 #
 #   benches/load/callgrind.sh [--reps N] [--n REQUESTS] [--only ROW,ROW] [--cache-sim]
 #                             [--no-build] [--out FILE] [--label TEXT] [--bin REALMGATE]
+#                             [--keep DIR]   (keep the dumps, for callgrind_annotate)
 #
 # Each row: the proxy starts under valgrind on core 0, 300 warm-up requests, counters zeroed,
 # then N requests (default 2 000) round-robin over 4 keep-alive connections (drive.py), a
@@ -23,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 shared=${SHARED_BENCH:-$repo/../shared/bench}
 work=${BENCH_WORK:-$repo/target/peer-bench}
-reps=3; n=2000; only=""; cache=0; build=1; out=""; many_count=100000; label=""; bin=""
+reps=3; n=2000; only=""; cache=0; build=1; out=""; many_count=100000; label=""; bin=""; keep=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps="$2"; shift ;;
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift ;;
     --label) label="$2"; shift ;;
     --bin) bin="$2"; build=0; shift ;;
+    --keep) keep="$2"; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac; shift
 done
@@ -137,6 +139,7 @@ process = [sum(t[i] for t in threads) for i in range(len(worker))]
 print(f"{rep}\t{name}\t{' '.join(events)}\t{' '.join(map(str, worker))}\t{' '.join(map(str, process))}")
 PY
     tail -1 "$raw" | awk -F'\t' -v n="$n" '{split($4, w, " "); split($5, p, " "); printf "  rep %s %-17s %9.0f Ir/request (worker)  %9.0f (process)\n", $1, $2, w[1] / n, p[1] / n}'
+    if [ -n "$keep" ]; then mkdir -p "$keep"; cp "$cgout".1-* "$keep/" 2>/dev/null || true; fi
     rm -f "$cgout"*
   done
 done

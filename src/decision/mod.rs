@@ -84,8 +84,9 @@ pub struct Decision {
 pub enum Outcome {
     /// Send it upstream.
     Forward(Forward),
-    /// Answer with this refusal.
-    Refuse { answer: Answer, stage: Stage },
+    /// Answer with this refusal (boxed: the forwarded outcome, the common one, stays small
+    /// where the decision is moved around).
+    Refuse { answer: Box<Answer>, stage: Stage },
     /// One of the gateway's own endpoints answers it (`proxy/endpoints`).
     Endpoint(Endpoint),
 }
@@ -110,7 +111,7 @@ pub enum Verdict {
     Allow,
     /// Shadow mode: enforcement would have refused with `would_be` at `stage`.
     Shadow {
-        would_be: Answer,
+        would_be: Box<Answer>,
         stage: Stage,
     },
 }
@@ -165,7 +166,10 @@ impl Decision {
             route: None,
             identity: None,
             endpoint: None,
-            outcome: Outcome::Refuse { answer, stage },
+            outcome: Outcome::Refuse {
+                answer: Box::new(answer),
+                stage,
+            },
         }
     }
 
@@ -232,7 +236,7 @@ pub async fn decide<T: Trace>(
     // 1. host -> tenant
     let tenant = match host_tenant(cfg, input, endpoint, trace) {
         Ok(t) => t,
-        Err(refusal) => return *refusal,
+        Err(refusal) => return refusal,
     };
 
     // 1b. reserved path: one of the gateway's own endpoints (`proxy/endpoints` answers it)
@@ -343,15 +347,15 @@ fn host_tenant<T: Trace>(
     input: &Input<'_>,
     endpoint: Option<Endpoint>,
     trace: &mut T,
-) -> Result<Arc<Tenant>, Box<Decision>> {
+) -> Result<Arc<Tenant>, Decision> {
     let host = request_host(input.req, input.is_h2).map_err(|e| {
         let r = refusal::bad_host(e);
-        Box::new(refused_early(trace, endpoint, r, Stage::Host, Detail::None))
+        refused_early(trace, endpoint, r, Stage::Host, Detail::None)
     })?;
     let tenant = cfg.tenants.resolve_raw(host).map_err(|e| {
         let r = refusal::unknown_tenant(&e);
         let why = Detail::Reason(e.code());
-        Box::new(refused_early(trace, endpoint, r, Stage::Host, why))
+        refused_early(trace, endpoint, r, Stage::Host, why)
     })?;
     trace.step(Step::Tenant {
         host,
@@ -454,11 +458,14 @@ impl Decision {
                 answer: &answer,
                 detail: Detail::None,
             });
-            self.outcome = Outcome::Refuse { answer, stage };
+            self.outcome = Outcome::Refuse {
+                answer: Box::new(answer),
+                stage,
+            };
         } else {
             trace.step(Step::ShadowPass { would_be: &answer });
             self.set_verdict(Verdict::Shadow {
-                would_be: answer,
+                would_be: Box::new(answer),
                 stage,
             });
         }
@@ -480,7 +487,7 @@ impl Decision {
             detail: Detail::Auth(e),
         });
         self.outcome = Outcome::Refuse {
-            answer,
+            answer: Box::new(answer),
             stage: Stage::Token,
         };
         self.with_tenant(tenant)
@@ -526,3 +533,13 @@ fn refused_early<T: Trace>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_decision_stays_small() {
+        // It is moved into the request context on every request.
+        let n = std::mem::size_of::<super::Decision>();
+        assert!(n <= 96, "Decision is {n} bytes");
+    }
+}
