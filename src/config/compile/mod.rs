@@ -146,3 +146,78 @@ impl RuntimeConfig {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{self, ServerSettings, TenantSyncSettings};
+    use crate::telemetry::LogFormat;
+
+    const BASE: &str = r#"
+listen: {proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}
+upstream: {default: "127.0.0.1:3"}
+keycloak: {base_url: "http://127.0.0.1:4", audiences: [api]}
+tenants:
+  - {id: acme, realm: tenant-acme, hosts: [acme.example.test]}
+"#;
+
+    /// The settings the rest of the gateway used to read from the schema come through
+    /// compiled, with the schema's defaults when left out.
+    #[test]
+    fn settings_read_outside_config_are_compiled() {
+        let d = config::from_str(BASE, &config::ProcessEnv).unwrap();
+        assert_eq!(d.server.threads, 2);
+        assert!(d.server.watch_config);
+        assert_eq!(d.proxy_tls, None);
+        assert!(!d.headers.strip_authorization);
+        assert!(d.expose_required);
+        assert!(d.require_keys_for_ready);
+        assert!(d.logging.access_log);
+        assert_eq!(d.logging.format, LogFormat::Text);
+        assert_eq!(d.tenant_label_cap, 100);
+        assert_eq!(d.verify.cookie_name, None);
+        assert_eq!(d.tenant_sync, None);
+
+        let yaml = BASE.replace(
+            "audiences: [api]}",
+            "audiences: [api], token_cookie: at, max_token_bytes: 4096, strip_authorization: true, require_keys_for_ready: false}",
+        ) + r#"
+server: {threads: 3, grace_period: 1s, graceful_shutdown_timeout: 2s, upgrade_sock: /u.sock, pid_file: /p.pid, watch_config: false}
+authz: {expose_required: false}
+logging: {format: json, level: debug, access_log: false}
+metrics: {tenant_label_cap: 7}
+redis: {url: "redis://127.0.0.1:6379", channel: ch, tenants_key: rt}
+"#;
+        let c = config::from_str(&yaml, &config::ProcessEnv).unwrap();
+        assert_eq!(
+            c.server,
+            ServerSettings {
+                threads: 3,
+                grace_period: Duration::from_secs(1),
+                graceful_shutdown_timeout: Duration::from_secs(2),
+                upgrade_sock: "/u.sock".into(),
+                pid_file: "/p.pid".into(),
+                watch_config: false,
+            }
+        );
+        assert!(c.headers.strip_authorization);
+        assert!(!c.expose_required);
+        assert!(!c.require_keys_for_ready);
+        assert_eq!(c.verify.cookie_name.as_deref(), Some("at"));
+        assert_eq!(c.verify.max_token_bytes, 4096);
+        assert!(!c.logging.access_log);
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert_eq!(c.logging.level, "debug");
+        assert_eq!(c.tenant_label_cap, 7);
+        assert_eq!(
+            c.tenant_sync,
+            Some(TenantSyncSettings {
+                url: "redis://127.0.0.1:6379".into(),
+                key: "rt".into(),
+                channel: "ch".into(),
+            })
+        );
+    }
+}
