@@ -9,8 +9,9 @@ use clap::{Parser, Subcommand};
 use pingora::server::RunArgs;
 use realmgate::app::explain::{explain, Credentials};
 use realmgate::app::server::{build_server, ProcessOptions};
+use realmgate::config::raw::LoggingSection;
 use realmgate::config::{self, ProcessEnv};
-use realmgate::telemetry::Writer;
+use realmgate::telemetry::{LogSettings, Writer};
 
 /// jemalloc rather than glibc malloc: it hands freed pages back to the OS (the config parse of
 /// a 10 000-tenant file peaks at ~45 MiB of transient YAML values that glibc kept resident),
@@ -132,10 +133,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let _log = realmgate::telemetry::init(
-                &realmgate::config::raw::LoggingSection {
+                &LogSettings::from(&LoggingSection {
                     level: "warn".into(),
                     ..Default::default()
-                },
+                }),
                 Writer::Direct,
             );
             let creds = match (token, claims) {
@@ -175,7 +176,7 @@ fn main() -> ExitCode {
         } => revoke(&admin, &tenant, sub, sid),
         Command::Demo { proxy, admin } => {
             let log = realmgate::telemetry::init(
-                &realmgate::config::raw::LoggingSection::default(),
+                &LogSettings::from(&LoggingSection::default()),
                 Writer::Buffered,
             );
             match realmgate::app::demo::prepare(&realmgate::app::demo::DemoOptions { proxy, admin })
@@ -205,7 +206,7 @@ fn main() -> ExitCode {
             };
             // A writer thread would not survive daemonizing (fork), so daemons log directly.
             let log = realmgate::telemetry::init(
-                &cfg.raw.logging,
+                &cfg.logging,
                 if daemon {
                     Writer::Direct
                 } else {

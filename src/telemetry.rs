@@ -31,8 +31,6 @@ use parking_lot::{Mutex, MutexGuard};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriter};
 use tracing_subscriber::EnvFilter;
 
-use serde::Deserialize;
-
 /// Longest a line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffer size at which the flusher is woken before its period is up.
@@ -225,32 +223,21 @@ impl From<u16> for Field<'_> {
     }
 }
 
-/// The `logging` section of the config file.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormatSection {
-    #[default]
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoggingSection {
-    pub format: LogFormatSection,
+/// The compiled `logging` section (its schema is `config::raw::LoggingSection`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
     /// Default filter when `RUST_LOG` is unset.
     pub level: String,
+    /// One access line per request (read by the proxy's `logging` phase).
     pub access_log: bool,
-}
-
-impl Default for LoggingSection {
-    fn default() -> Self {
-        Self {
-            format: LogFormatSection::Text,
-            level: "info".into(),
-            access_log: true,
-        }
-    }
 }
 
 /// One per-request log line: `log_line!(INFO, "realmgate::audit", "message", k = v, ...)` with
@@ -378,7 +365,7 @@ fn debug_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// Installs the global subscriber once; later calls (tests, reloads) are no-ops.
-pub fn init(cfg: &LoggingSection, writer: Writer) -> LogGuard {
+pub fn init(cfg: &LogSettings, writer: Writer) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let (make_writer, flusher) = match writer {
         Writer::Buffered => {
@@ -397,13 +384,13 @@ pub fn init(cfg: &LoggingSection, writer: Writer) -> LogGuard {
         .with_ansi(io::stderr().is_terminal())
         .with_writer(make_writer);
     let result = match cfg.format {
-        LogFormatSection::Json => builder.json().flatten_event(true).try_init(),
-        LogFormatSection::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
     };
     if result.is_ok() {
         let _ = tracing_log::LogTracer::init();
         let _ = DIRECT.set(Direct {
-            json: matches!(cfg.format, LogFormatSection::Json),
+            json: matches!(cfg.format, LogFormat::Json),
             buffer: flusher.as_ref().map(|f| f.buffer.clone()),
         });
         LogGuard(flusher)

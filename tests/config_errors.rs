@@ -106,10 +106,10 @@ fn all_problems_are_reported_at_once() {
 fn environment_variables_expand() {
     let yaml = BASE.replace("http://keycloak:8080", "${KC_URL:-http://fallback:8080}");
     let cfg = config::from_str(&yaml, &HashMap::new()).unwrap();
-    assert_eq!(cfg.raw.keycloak.base_url, "http://fallback:8080");
+    assert_eq!(cfg.jwks.base_url, "http://fallback:8080");
     let env = HashMap::from([("KC_URL".to_string(), "https://kc.internal".to_string())]);
     let cfg = config::from_str(&yaml, &env).unwrap();
-    assert_eq!(cfg.raw.keycloak.base_url, "https://kc.internal");
+    assert_eq!(cfg.jwks.base_url, "https://kc.internal");
     let missing = BASE.replace("http://keycloak:8080", "${KC_URL}");
     let err = config::from_str(&missing, &HashMap::new()).err().unwrap();
     assert!(

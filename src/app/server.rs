@@ -15,7 +15,7 @@ use pingora::services::listening::Service;
 use tokio::sync::{broadcast, watch};
 
 use crate::app::admin::AdminApp;
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, TenantSyncSettings};
 use crate::proxy::Gateway;
 use crate::state::Shared;
 
@@ -28,7 +28,7 @@ pub struct ProcessOptions {
 }
 
 fn server_conf(cfg: &RuntimeConfig) -> ServerConf {
-    let s = &cfg.raw.server;
+    let s = &cfg.server;
     ServerConf {
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period.as_secs()),
@@ -49,17 +49,13 @@ pub fn build_server(
     let proxy_addr = cfg.proxy_addr.to_string();
     let admin_addr = cfg.admin_addr.to_string();
     let source = cfg.source.clone();
-    let tls = cfg.raw.listen.tls.clone();
-    let watch_file = cfg.raw.server.watch_config;
+    let tls = cfg.proxy_tls.clone();
+    let watch_file = cfg.server.watch_config;
     crate::metrics::metrics()
         .tenants
-        .set_cap(cfg.raw.metrics.tenant_label_cap);
+        .set_cap(cfg.tenant_label_cap);
     let redis_configured = cfg.grants.is_some();
-    let tenant_sync = cfg.raw.redis.as_ref().and_then(|r| {
-        r.tenants_key
-            .as_ref()
-            .map(|key| (r.url.clone(), key.clone(), r.channel.clone()))
-    });
+    let tenant_sync = cfg.tenant_sync.clone();
     let (shared, refresher) = Shared::new(cfg)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
 
@@ -126,7 +122,7 @@ pub fn build_server(
             },
         ));
     }
-    if let Some((url, key, channel)) = tenant_sync {
+    if let Some(TenantSyncSettings { url, key, channel }) = tenant_sync {
         server.add_service(background_service(
             "runtime tenants",
             UntilDrained {

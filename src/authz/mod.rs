@@ -31,4 +31,4 @@ pub use routes::{
     RouteTable,
 };
 
-pub use crate::error::BuildError;
+pub use crate::config_error::BuildError;

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use serde_yaml_ng::Value;
 
+use crate::config_error::ConfigError;
+
 /// Where variables come from: the process environment in production, a map in tests
 /// (mutating the real environment from tests is racy).
 pub trait EnvSource {
@@ -31,7 +33,7 @@ impl EnvSource for HashMap<String, String> {
 }
 
 /// Expands every string scalar in `value`; errors carry the field path.
-pub fn expand(value: &mut Value, env: &dyn EnvSource, path: &mut String, errors: &mut Vec<String>) {
+pub fn expand(value: &mut Value, env: &dyn EnvSource, path: &mut String, errors: &mut ConfigError) {
     match value {
         Value::String(s) => {
             if !s.contains('$') {
@@ -49,7 +51,7 @@ pub fn expand(value: &mut Value, env: &dyn EnvSource, path: &mut String, errors:
                         *s = expanded;
                     }
                 }
-                Err(e) => errors.push(format!("{}: {e}", display_path(path))),
+                Err(e) => errors.push(display_path(path), e),
             }
         }
         Value::Sequence(seq) => {
@@ -179,7 +181,7 @@ mod tests {
     fn whole_scalar_keeps_type_and_cannot_inject_structure() {
         let mut v: Value =
             serde_yaml_ng::from_str("a: ${THREADS}\nb: x${THREADS}\nc: ${EVIL}").unwrap();
-        let mut errors = Vec::new();
+        let mut errors = ConfigError::default();
         expand(&mut v, &env(), &mut String::new(), &mut errors);
         assert!(errors.is_empty());
         assert_eq!(v["a"], Value::Number(4.into()));
@@ -191,8 +193,9 @@ mod tests {
     fn errors_name_the_field() {
         let mut v: Value =
             serde_yaml_ng::from_str("redis:\n  url: ${NOPE}\nlist: [a, '${NOPE}']").unwrap();
-        let mut errors = Vec::new();
+        let mut errors = ConfigError::default();
         expand(&mut v, &env(), &mut String::new(), &mut errors);
+        let errors = errors.errors;
         assert_eq!(errors.len(), 2);
         assert!(errors[0].starts_with("redis.url: environment variable NOPE"));
         assert!(errors[1].starts_with("list[1]: "));

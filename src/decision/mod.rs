@@ -334,7 +334,7 @@ pub async fn decide<T: Trace>(
             done.with_tenant(tenant)
         }
         None => {
-            let exposed = cfg.raw.authz.expose_required.then(|| requirement.label());
+            let exposed = cfg.expose_required.then(|| requirement.label());
             let r = refusal::forbidden(exposed);
             done.deny(trace, tenant, r, Stage::Permission, enforce)
         }
@@ -415,10 +415,10 @@ async fn authenticate(
     let allow_query = rule.is_some_and(RouteRule::allow_query_token);
     let token = extract_token(
         &req.headers,
-        cfg.raw.keycloak.token_cookie.as_deref(),
+        cfg.verify.cookie_name.as_deref(),
         canon.query_str(),
         allow_query,
-        cfg.raw.keycloak.max_token_bytes,
+        cfg.verify.max_token_bytes,
     )?
     .ok_or(AuthError::MissingToken)?;
     let identity = deps

@@ -61,6 +61,8 @@ pub struct HeaderPolicy {
     pub claims: Vec<(String, HeaderName)>,
     pub max_value_len: usize,
     trusted_proxies: Vec<IpNet>,
+    /// Remove `Authorization` before forwarding (`keycloak.strip_authorization`).
+    pub strip_authorization: bool,
 }
 
 /// Input for [`HeaderPolicy::new`], already checked for syntax by the config layer.
@@ -79,6 +81,7 @@ pub struct HeaderNames<'a> {
     pub claims: Vec<(String, String)>,
     pub max_value_len: usize,
     pub trusted_proxies: Vec<IpNet>,
+    pub strip_authorization: bool,
 }
 
 /// Request headers that carry credentials, routing, client addresses or message framing
@@ -177,6 +180,7 @@ impl HeaderPolicy {
             claims,
             max_value_len: n.max_value_len,
             trusted_proxies: n.trusted_proxies,
+            strip_authorization: n.strip_authorization,
         })
     }
 
@@ -393,6 +397,7 @@ mod tests {
             claims: vec![("department".into(), "X-Department".into())],
             max_value_len: 16,
             trusted_proxies: trusted,
+            strip_authorization: false,
         })
         .unwrap()
     }

@@ -69,7 +69,7 @@ pub(super) fn rewrite(
         // presented as a credential goes on.
         None => HeaderPolicy::strip_unverified_credentials(
             &mut parts.headers,
-            cfg.raw.keycloak.token_cookie.as_deref(),
+            cfg.verify.cookie_name.as_deref(),
         ),
     }
     if let Some(code) = ctx.shadow() {
@@ -148,7 +148,7 @@ fn identity_headers(
     if let Some(scope) = scope.and_then(|s| cfg.catalog.scopes().value(s)) {
         headers.insert(h.scope.clone(), scope.clone());
     }
-    if cfg.raw.keycloak.strip_authorization {
+    if cfg.headers.strip_authorization {
         headers.remove(http::header::AUTHORIZATION);
     }
     Ok(())

@@ -434,10 +434,7 @@ impl ProxyHttp for Gateway {
         if let Some(us) = upstream_us {
             m.upstream_duration.observe(us as f64 / 1e6);
         }
-        let log_access = ctx
-            .config
-            .as_ref()
-            .is_some_and(|c| c.raw.logging.access_log);
+        let log_access = ctx.config.as_ref().is_some_and(|c| c.logging.access_log);
         if log_access {
             let req = session.req_header();
             log_line!(

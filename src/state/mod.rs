@@ -101,7 +101,7 @@ impl Shared {
                 "listen addresses changed: they take effect at the next restart or upgrade"
             );
         }
-        if old.raw.server.threads != new.raw.server.threads {
+        if old.server.threads != new.server.threads {
             tracing::warn!(
                 "server.threads changed: it takes effect at the next restart or upgrade"
             );
@@ -139,7 +139,7 @@ impl Shared {
         new.log_warnings();
         crate::metrics::metrics()
             .tenants
-            .set_cap(new.raw.metrics.tenant_label_cap);
+            .set_cap(new.tenant_label_cap);
         self.keys
             .update_config(new.jwks.clone(), new.static_realms.clone());
         self.verifier.update_settings(new.verify.clone());
@@ -235,7 +235,7 @@ impl Shared {
         // realm whose IdP is down must not take every replica out of service at once (those
         // tenants get 503/401 answers; the rest are served). Until every static realm has had
         // its first load, though, traffic would only meet 503s.
-        if self.config.load().raw.keycloak.require_keys_for_ready {
+        if self.config.load().require_keys_for_ready {
             let h = self.keys.static_realm_health();
             if h.loading > 0 {
                 reasons.push(format!("{} static realm(s) not loaded yet", h.loading));

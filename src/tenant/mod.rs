@@ -211,7 +211,7 @@ impl TryFrom<RawHostPatternDef> for HostPatternDef {
 
 /// A configuration error found by [`TenantTable::build`]; `path` is relative to the tenancy
 /// section, e.g. `tenants[3].hosts[1]` or `host_patterns[0].pattern`.
-pub use crate::error::BuildError;
+pub use crate::config_error::BuildError;
 
 /// Why a request could not be attributed to a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,88 +1,161 @@
 //! The `keycloak` section: algorithms, issuers, URLs and per-realm overrides, compiled into
 //! the JWKS and verification settings.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::errors::Errors;
-use super::raw::{self, RawConfig};
+use super::check::{at_most, DAY, HOUR, MINUTE};
+use crate::config::raw::{self, DynamicRealmsSection, HeadersSection, KeycloakSection};
+use crate::config::report::mask_url;
+use crate::config_error::ConfigError;
 use crate::jwks::{Alg, JwksSettings, RealmOverride};
 use crate::verify::VerifySettings;
 
-fn parse_algs(algs: &[String]) -> Vec<Alg> {
-    algs.iter().filter_map(|a| Alg::from_name(a)).collect()
+/// The compiled `keycloak` section.
+pub(super) struct Keycloak {
+    pub jwks: JwksSettings,
+    pub verify: VerifySettings,
+    pub strip_authorization: bool,
+    pub require_keys_for_ready: bool,
 }
 
-/// JWKS and token-verification settings from the `keycloak` section.
-pub(super) fn jwt_settings(raw: &RawConfig, e: &mut Errors) -> (JwksSettings, VerifySettings) {
-    let k = &raw.keycloak;
-    let mut overrides = std::collections::HashMap::new();
-    for (realm, o) in &k.realms {
-        if !crate::jwks::valid_realm_name(realm) {
-            e.push(
-                format!("keycloak.realms.{realm}"),
-                "is not a valid realm name",
-            );
-        }
-        overrides.insert(
-            realm.clone(),
-            RealmOverride {
-                issuer: o.issuer.clone(),
-                jwks_uri: o.jwks_uri.clone(),
-                jwks_file: o.jwks_file.as_ref().map(PathBuf::from),
-                algorithms: o.algorithms.as_deref().map(parse_algs),
-                allow_missing_kid: o.allow_missing_kid,
-                allow_missing_typ: o.allow_missing_typ,
-            },
-        );
-    }
+/// Validates the section and compiles it. The verify settings also take the claim headers
+/// and the header value cap from the `headers` section.
+pub(super) fn compile(k: &KeycloakSection, h: &HeadersSection, e: &mut ConfigError) -> Keycloak {
+    validate_keycloak(k, e);
+    let KeycloakSection {
+        base_url,
+        audiences,
+        accept_azp_as_audience,
+        client_roles,
+        leeway,
+        algorithms,
+        jwks_refresh,
+        jwks_min_refetch_interval,
+        jwks_refetches_per_second,
+        jwks_max_stale,
+        fetch_timeout,
+        refetch_wait,
+        max_token_bytes,
+        token_cookie,
+        permissions_claim,
+        strip_authorization,
+        token_cache_size,
+        dynamic_realms,
+        require_keys_for_ready,
+        realms,
+    } = k;
+    let DynamicRealmsSection {
+        max: max_dynamic_realms,
+        negative_ttl,
+        per_second,
+    } = dynamic_realms;
+    at_most(
+        e,
+        &[
+            // Every second of leeway accepts an expired token for one more second.
+            ("keycloak.leeway", *leeway, 10 * MINUTE),
+            ("keycloak.jwks_refresh", *jwks_refresh, DAY),
+            (
+                "keycloak.jwks_min_refetch_interval",
+                *jwks_min_refetch_interval,
+                HOUR,
+            ),
+            ("keycloak.jwks_max_stale", *jwks_max_stale, 30 * DAY),
+            ("keycloak.fetch_timeout", *fetch_timeout, 5 * MINUTE),
+            // A request waits this long.
+            ("keycloak.refetch_wait", *refetch_wait, MINUTE),
+            ("keycloak.dynamic_realms.negative_ttl", *negative_ttl, DAY),
+        ],
+    );
     let jwks = JwksSettings {
-        base_url: k.base_url.trim_end_matches('/').to_string(),
-        algorithms: parse_algs(&k.algorithms),
-        refresh: k.jwks_refresh,
-        min_refetch_interval: k.jwks_min_refetch_interval,
-        max_stale: k.jwks_max_stale,
-        fetch_timeout: k.fetch_timeout,
-        refetch_wait: k.refetch_wait,
-        load_wait: k.refetch_wait.max(Duration::from_secs(1)),
-        negative_ttl: k.dynamic_realms.negative_ttl,
-        max_dynamic_realms: k.dynamic_realms.max,
-        new_realms_per_second: k.dynamic_realms.per_second,
-        refetches_per_second: k.jwks_refetches_per_second,
-        realm_overrides: Arc::new(overrides),
+        base_url: base_url.trim_end_matches('/').to_string(),
+        algorithms: parse_algs(algorithms),
+        refresh: *jwks_refresh,
+        min_refetch_interval: *jwks_min_refetch_interval,
+        max_stale: *jwks_max_stale,
+        fetch_timeout: *fetch_timeout,
+        refetch_wait: *refetch_wait,
+        load_wait: (*refetch_wait).max(Duration::from_secs(1)),
+        negative_ttl: *negative_ttl,
+        max_dynamic_realms: *max_dynamic_realms,
+        new_realms_per_second: *per_second,
+        refetches_per_second: *jwks_refetches_per_second,
+        realm_overrides: Arc::new(realm_overrides(realms, e)),
         ..JwksSettings::default()
     };
     let verify = VerifySettings {
-        audiences: k.audiences.clone(),
-        accept_azp_as_audience: k.accept_azp_as_audience,
-        leeway: k.leeway,
-        max_token_bytes: k.max_token_bytes,
-        cookie_name: k.token_cookie.clone(),
+        audiences: audiences.clone(),
+        accept_azp_as_audience: *accept_azp_as_audience,
+        leeway: *leeway,
+        max_token_bytes: *max_token_bytes,
+        cookie_name: token_cookie.clone(),
         allow_query_token: false,
-        client_role_clients: k
-            .client_roles
-            .clone()
-            .unwrap_or_else(|| k.audiences.clone()),
-        permissions_claim: k.permissions_claim.clone(),
-        claim_headers: raw
-            .headers
+        client_role_clients: client_roles.clone().unwrap_or_else(|| audiences.clone()),
+        permissions_claim: permissions_claim.clone(),
+        claim_headers: h
             .claims
             .iter()
-            .map(|(c, h)| (c.clone(), h.clone()))
+            .map(|(c, hdr)| (c.clone(), hdr.clone()))
             .collect(),
-        max_header_value_len: raw.headers.max_value_len,
-        token_cache_capacity: k.token_cache_size,
+        max_header_value_len: h.max_value_len,
+        token_cache_capacity: *token_cache_size,
     };
-    (jwks, verify)
+    Keycloak {
+        jwks,
+        verify,
+        strip_authorization: *strip_authorization,
+        require_keys_for_ready: *require_keys_for_ready,
+    }
+}
+
+/// Per-realm overrides for non-Keycloak IdPs; a realm name that cannot be one is reported.
+fn realm_overrides(
+    realms: &std::collections::BTreeMap<String, raw::RealmOverrideSection>,
+    e: &mut ConfigError,
+) -> HashMap<String, RealmOverride> {
+    let mut overrides = HashMap::new();
+    for (realm, o) in realms {
+        if !crate::jwks::valid_realm_name(realm) {
+            e.push(
+                format_args!("keycloak.realms.{realm}"),
+                "is not a valid realm name",
+            );
+        }
+        let raw::RealmOverrideSection {
+            issuer,
+            jwks_uri,
+            jwks_file,
+            algorithms,
+            allow_missing_kid,
+            allow_missing_typ,
+        } = o;
+        overrides.insert(
+            realm.clone(),
+            RealmOverride {
+                issuer: issuer.clone(),
+                jwks_uri: jwks_uri.clone(),
+                jwks_file: jwks_file.as_ref().map(PathBuf::from),
+                algorithms: algorithms.as_deref().map(parse_algs),
+                allow_missing_kid: *allow_missing_kid,
+                allow_missing_typ: *allow_missing_typ,
+            },
+        );
+    }
+    overrides
+}
+
+fn parse_algs(algs: &[String]) -> Vec<Alg> {
+    algs.iter().filter_map(|a| Alg::from_name(a)).collect()
 }
 
 const ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-fn validate_algorithms(path: &str, algs: &[String], e: &mut Errors) {
+fn validate_algorithms(path: &str, algs: &[String], e: &mut ConfigError) {
     if algs.is_empty() {
         e.push(path, "must list at least one algorithm");
     }
@@ -99,7 +172,7 @@ fn validate_algorithms(path: &str, algs: &[String], e: &mut Errors) {
     }
 }
 
-fn validate_url(path: &str, s: &str, e: &mut Errors) {
+fn validate_url(path: &str, s: &str, e: &mut ConfigError) {
     let ok = (s.starts_with("http://") || s.starts_with("https://"))
         && s.split_once("://")
             .map(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
@@ -107,56 +180,6 @@ fn validate_url(path: &str, s: &str, e: &mut Errors) {
         && !s.contains(char::is_whitespace);
     if !ok {
         e.push(path, format!("\"{}\" is not an http(s) URL", mask_url(s)));
-    }
-}
-
-/// A URL for messages and summaries: userinfo (`user:password@`) and the values of
-/// password-like query parameters (`unix:///redis.sock?pass=...`) become `***`, because
-/// `realmgate check` output and logs are read by more people than the config.
-pub fn mask_url(url: &str) -> Cow<'_, str> {
-    let Some(scheme_end) = url.find("://") else {
-        return Cow::Borrowed(url);
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..rest_start]);
-    match rest[..authority_len].rfind('@') {
-        Some(at) => {
-            out.push_str("***");
-            out.push_str(&rest[at..authority_len]);
-        }
-        None => out.push_str(&rest[..authority_len]),
-    }
-    let tail = &rest[authority_len..];
-    let (before_query, query) = match tail.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (tail, None),
-    };
-    out.push_str(before_query);
-    if let Some(q) = query {
-        out.push('?');
-        for (i, pair) in q.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            match pair.split_once('=') {
-                Some((k, _))
-                    if ["pass", "password", "token", "secret"]
-                        .contains(&k.to_ascii_lowercase().as_str()) =>
-                {
-                    out.push_str(k);
-                    out.push_str("=***");
-                }
-                _ => out.push_str(pair),
-            }
-        }
-    }
-    if out == url {
-        Cow::Borrowed(url)
-    } else {
-        Cow::Owned(out)
     }
 }
 
@@ -170,7 +193,7 @@ fn issuer_key(s: &str) -> String {
 /// override must differ from every other override and must not be another realm's default
 /// issuer `{base_url}/realms/{realm}`: any realm can appear later, through a host pattern or
 /// a run-time tenant.
-fn validate_issuers(k: &raw::KeycloakSection, e: &mut Errors) {
+fn validate_issuers(k: &raw::KeycloakSection, e: &mut ConfigError) {
     let realms_prefix = format!("{}/realms/", issuer_key(&k.base_url));
     let mut seen: Vec<(String, &str)> = Vec::new();
     for (realm, o) in &k.realms {
@@ -202,7 +225,7 @@ fn validate_issuers(k: &raw::KeycloakSection, e: &mut Errors) {
     }
 }
 
-pub(super) fn validate_keycloak(k: &raw::KeycloakSection, e: &mut Errors) {
+fn validate_keycloak(k: &raw::KeycloakSection, e: &mut ConfigError) {
     validate_issuers(k, e);
     validate_url("keycloak.base_url", &k.base_url, e);
     if k.audiences.is_empty() {

@@ -2,13 +2,20 @@
 //!
 //! These types are the stable contract with operators: every field is documented in README,
 //! unknown fields are errors (typos must not silently change security behaviour), and
-//! defaults live here. Nothing on the request path reads these types; [`super::compile`]
-//! turns them into the validated runtime form.
+//! defaults live here. Nothing on the request path reads these types;
+//! [`RuntimeConfig::compile`](super::RuntimeConfig::compile) turns them into the validated
+//! runtime form, one section at a time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+mod redis;
+pub use redis::{
+    HttpSection, InvalidationSection, LoaderSection, PostgresSection, RedisSection,
+    WriteBackSection,
+};
 
 fn d(secs: u64) -> Duration {
     Duration::from_secs(secs)
@@ -411,51 +418,6 @@ impl Default for AuthzSection {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSection {
-    pub url: String,
-    #[serde(default = "dur_100ms", with = "humantime_serde")]
-    pub command_timeout: Duration,
-    #[serde(default = "dur_60s", with = "humantime_serde")]
-    pub cache_ttl: Duration,
-    #[serde(default = "default_token_cache")]
-    pub cache_size: usize,
-    #[serde(default = "dur_5s", with = "humantime_serde")]
-    pub degraded_ttl: Duration,
-    #[serde(default = "default_channel")]
-    pub channel: String,
-    #[serde(default)]
-    pub key_prefix: String,
-    /// Optional hash of run-time tenants (`id` -> tenant JSON).
-    #[serde(default)]
-    pub tenants_key: Option<String>,
-    /// How changes written straight to Redis are noticed.
-    #[serde(default)]
-    pub invalidation: InvalidationSection,
-    /// The source of truth asked when a grant key is absent from Redis.
-    #[serde(default)]
-    pub loader: Option<super::loader::LoaderSection>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum InvalidationSection {
-    /// Client tracking, else keyspace notifications, else `channel` + `cache_ttl`.
-    #[default]
-    Auto,
-    Tracking,
-    Keyspace,
-    Pubsub,
-}
-
-fn dur_100ms() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_channel() -> String {
-    "realmgate:invalidate".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadersSection {
     pub tenant: String,
@@ -586,8 +548,33 @@ impl Default for DownstreamSection {
     }
 }
 
-/// `logging`: defined by `telemetry`, which reads it (so telemetry needs no config import).
-pub use crate::telemetry::{LogFormatSection, LoggingSection};
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatSection {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    pub format: LogFormatSection,
+    /// Default filter when `RUST_LOG` is unset.
+    pub level: String,
+    /// One access line per request.
+    pub access_log: bool,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormatSection::Text,
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
