@@ -319,6 +319,13 @@ async fn grants_written_straight_to_redis_apply_without_a_publish() {
         .await
         .unwrap();
     let key = e.user_key("u-track");
+    let tracked = || {
+        realmgate::metrics::metrics()
+            .grant_invalidations_total
+            .with_label_values(&["tracking"])
+            .get()
+    };
+    let tracked_before = tracked();
     let mut took: Vec<(Duration, u32)> = Vec::new();
     for _ in 0..20 {
         let _: () = redis::cmd("SADD")
@@ -349,10 +356,12 @@ async fn grants_written_straight_to_redis_apply_without_a_publish() {
         ms(took[took.len() * 9 / 10]),
         ms(took[took.len() - 1])
     );
-    // Far inside cache_ttl (2 s here): the change came from Redis itself.
+    // Each change showed within a second (`until`), inside cache_ttl (2 s here), and Redis's
+    // own tracking pushes carried them: at least one per write.
     assert!(
-        took[took.len() - 1] < Duration::from_millis(500),
-        "{took:?}"
+        tracked() - tracked_before >= 40,
+        "tracking pushes: {}",
+        tracked() - tracked_before
     );
     assert!(
         polls.iter().filter(|p| **p > 3).count() <= 2,
