@@ -76,9 +76,13 @@ enum Command {
     /// listener. Exit code: 0 revoked, 1 refused or unreachable.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["sub", "sid"])))]
     Revoke {
-        /// The admin listener, e.g. http://127.0.0.1:9100
+        /// The admin write listener (`admin.writes.listen`), e.g. http://127.0.0.1:9091
         #[arg(long)]
         admin: String,
+        /// A file holding the admin bearer secret; without it, the secret is read from the
+        /// REALMGATE_ADMIN_TOKEN environment variable.
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
         /// The tenant id (its realm is revoked in).
         #[arg(long)]
         tenant: String,
@@ -170,10 +174,11 @@ fn main() -> ExitCode {
         }
         Command::Revoke {
             admin,
+            token_file,
             tenant,
             sub,
             sid,
-        } => revoke(&admin, &tenant, sub, sid),
+        } => revoke(&admin, token_file.as_deref(), &tenant, sub, sid),
         Command::Demo { proxy, admin } => {
             let log = realmgate::telemetry::init(
                 &LogSettings::from(&LoggingSection::default()),
@@ -249,8 +254,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 /// `realmgate revoke`: one `POST /revoke` to the admin listener.
-fn revoke(admin: &str, tenant: &str, sub: Option<String>, sid: Option<String>) -> ExitCode {
+fn revoke(
+    admin: &str,
+    token_file: Option<&std::path::Path>,
+    tenant: &str,
+    sub: Option<String>,
+    sid: Option<String>,
+) -> ExitCode {
     let url = format!("{}/revoke", admin.trim_end_matches('/'));
+    let token = match token_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())),
+        None => std::env::var("REALMGATE_ADMIN_TOKEN")
+            .map_err(|_| "give --token-file or set REALMGATE_ADMIN_TOKEN".to_string()),
+    };
+    let token = match token {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let mut body = serde_json::json!({ "tenant": tenant });
     if let Some(sub) = sub {
         body["sub"] = sub.into();
@@ -266,7 +289,12 @@ fn revoke(admin: &str, tenant: &str, sub: Option<String>, sid: Option<String>) -
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()?;
-        let r = client.post(&url).json(&body).send().await?;
+        let r = client
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await?;
         let status = r.status();
         Ok::<_, reqwest::Error>((status, r.text().await?))
     });

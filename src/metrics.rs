@@ -133,6 +133,8 @@ pub struct Metrics {
     pub revocation_entries: IntGauge,
     /// Back-channel logout and not-before requests refused, by `reason`: bounded labels.
     pub revocation_requests_refused_total: IntCounterVec,
+    /// Operator writes (`admin.writes`) by result: applied, refused, unauthorized, rate_limited.
+    pub admin_writes_total: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -373,6 +375,12 @@ impl Metrics {
                 "realmgate_revocation_requests_refused_total",
                 "Back-channel logout and not-before requests refused, by reason.",
                 &["reason"],
+            ),
+            admin_writes_total: counter_vec(
+                r,
+                "realmgate_admin_writes_total",
+                "Operator writes on the admin write listener, by result.",
+                &["result"],
             ),
             registry,
         }

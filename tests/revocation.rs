@@ -33,9 +33,11 @@ routes:
   - {{path: "/api/**", authenticated: true}}
 default_policy: deny
 logging: {{access_log: false}}
+{writes}
 {extra}
 "#,
-        base = kc.base()
+        base = kc.base(),
+        writes = common::admin_writes_yaml(),
     )
 }
 
@@ -286,7 +288,8 @@ async fn a_second_replica_sharing_redis_refuses_within_a_second() {
     let other = env.token("frank", None, now());
     assert_eq!(status(&a, &other).await, 200);
     let r = client()
-        .post(b.admin_url("/revoke"))
+        .post(b.writes_url("/revoke"))
+        .bearer_auth(common::ADMIN_TOKEN)
         .json(&json!({"tenant": "acme", "sub": "frank"}))
         .send()
         .await
@@ -510,7 +513,8 @@ async fn a_not_before_push_revokes_older_tokens_and_keeps_newer_ones() {
     assert_eq!(status(&gw, &newer).await, 200);
     // The admin listener sets it too.
     let r = client()
-        .post(gw.admin_url("/not-before"))
+        .post(gw.writes_url("/not-before"))
+        .bearer_auth(common::ADMIN_TOKEN)
         .json(&json!({"tenant": "acme", "not_before": t + 2}))
         .send()
         .await
@@ -616,7 +620,8 @@ async fn the_cli_cuts_a_user_off_through_the_admin_listener_only() {
     assert_ne!(r.status(), 200);
     assert!(gw.shared.revoker.list.is_empty());
     let bad = client()
-        .post(gw.admin_url("/revoke"))
+        .post(gw.writes_url("/revoke"))
+        .bearer_auth(common::ADMIN_TOKEN)
         .json(&json!({"tenant": "acme"}))
         .send()
         .await
@@ -626,7 +631,9 @@ async fn the_cli_cuts_a_user_off_through_the_admin_listener_only() {
         .args([
             "revoke",
             "--admin",
-            &format!("http://{}", gw.admin),
+            &format!("http://{}", gw.writes.unwrap()),
+            "--token-file",
+            common::admin_token_file().to_str().unwrap(),
             "--tenant",
             "acme",
             "--sub",

@@ -1,8 +1,7 @@
-//! The admin listener: liveness, readiness and metrics on their own port, never on the
-//! proxy port (they must not be reachable by tenants' clients). Also the operator's
-//! revocations: `POST /revoke` (`{"tenant": .., "sub": ..}` or `"sid"`) and
-//! `POST /not-before` (`{"tenant": .., "not_before": unix seconds, default now}`); a tenant
-//! may be named by `"realm"` instead (host-pattern tenants have no id).
+//! The admin listener (`listen.admin`): liveness, readiness, metrics and the identity-assertion
+//! JWKS on their own port, never on the proxy port (they must not be reachable by tenants'
+//! clients). Read-only: backends, Prometheus and kubelet reach it, so nothing here changes
+//! state; the operator's writes have their own listener (`operator.rs`).
 
 use std::sync::Arc;
 
@@ -12,24 +11,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::downstream::{mark_head_read, mark_request_done};
 use crate::http::respond::{self, Answer, Cache};
 use crate::metrics::metrics;
-use crate::revocation::{Kind, Source};
 use crate::state::Shared;
-
-/// Largest admin request body read.
-const MAX_ADMIN_BODY: usize = 16 * 1024;
-
-/// The body of `POST /revoke` and `POST /not-before`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeRequest {
-    tenant: Option<String>,
-    realm: Option<String>,
-    sub: Option<String>,
-    sid: Option<String>,
-    not_before: Option<u64>,
-}
 
 pub struct AdminApp {
     shared: Arc<Shared>,
@@ -43,11 +28,12 @@ impl AdminApp {
     /// Routes one admin request; split out so it is testable without a socket.
     pub fn handle(&self, method: &http::Method, path: &str) -> Answer {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return doc(
-                405,
-                "method_not_allowed",
-                json!({"error": "method_not_allowed"}),
-            );
+            let mut body = json!({"error": "method_not_allowed"});
+            if path == "/revoke" || path == "/not-before" {
+                body["message"] =
+                    "admin writes are served on the admin.writes.listen listener only".into();
+            }
+            return doc(405, "method_not_allowed", body).with_allow("GET, HEAD");
         }
         match path {
             "/healthz" => doc(200, "", json!({"status": "ok"})),
@@ -114,84 +100,6 @@ impl AdminApp {
     }
 }
 
-impl AdminApp {
-    /// `POST /revoke` and `POST /not-before`: the operator's revocation (source `admin`).
-    pub fn revoke(&self, path: &str, body: &[u8]) -> Answer {
-        let bad = |why: &str| {
-            doc(
-                400,
-                "invalid_request",
-                json!({"error": "invalid_request", "message": why}),
-            )
-        };
-        let Ok(req) = serde_json::from_slice::<RevokeRequest>(body) else {
-            return bad("the body must be a JSON object with tenant (or realm) and sub or sid");
-        };
-        let cfg = self.shared.config.load();
-        let realm = match (&req.tenant, &req.realm) {
-            (Some(id), None) => match cfg.tenants.tenant_by_id(id) {
-                Some(t) => t.realm.to_string(),
-                None => {
-                    return doc(
-                        404,
-                        "unknown_tenant",
-                        json!({"error": "unknown_tenant", "message": "no tenant has this id"}),
-                    )
-                }
-            },
-            (None, Some(realm)) if crate::jwks::valid_realm_name(realm) => realm.clone(),
-            _ => return bad("name exactly one of tenant or realm"),
-        };
-        let tenant = req.tenant.as_deref().unwrap_or("");
-        let s = &cfg.revocation;
-        let now = self.shared.keys.now();
-        let issuer = self.shared.verifier.issuer_for(&realm);
-        let value_ok = |v: &str| {
-            !v.is_empty()
-                && v.len() <= crate::revocation::logout_token::MAX_VALUE_LEN
-                && !v.chars().any(char::is_control)
-        };
-        let (kind, value, at) = match (path, req.sub, req.sid, req.not_before) {
-            ("/revoke", Some(sub), None, None) if value_ok(&sub) => (Kind::Sub, sub, now),
-            ("/revoke", None, Some(sid), None) if value_ok(&sid) => (Kind::Sid, sid, now),
-            ("/revoke", ..) => return bad("name exactly one of sub or sid"),
-            ("/not-before", None, None, nb) => {
-                let nb = nb.unwrap_or(now);
-                if nb > now.saturating_add(s.leeway_secs) {
-                    return bad("not_before must not be in the future");
-                }
-                (Kind::NotBefore, String::new(), nb)
-            }
-            _ => return bad("/not-before takes only tenant (or realm) and not_before"),
-        };
-        let applied = self.shared.revoker.revoke(
-            kind,
-            issuer.clone(),
-            &value,
-            at,
-            s.hold_secs,
-            Source::Admin,
-            tenant,
-            now,
-        );
-        doc(
-            200,
-            "",
-            json!({
-                "revoked": {
-                    "kind": kind.as_str(),
-                    "realm": realm,
-                    "issuer": &*issuer,
-                    "value": value,
-                    "at": at,
-                    "expires": at.saturating_add(s.hold_secs),
-                    "result": format!("{applied:?}").to_ascii_lowercase(),
-                }
-            }),
-        )
-    }
-}
-
 /// A JSON document, never cached.
 fn doc(status: u16, code: &'static str, v: serde_json::Value) -> Answer {
     Answer::json(status, code, &v)
@@ -200,28 +108,10 @@ fn doc(status: u16, code: &'static str, v: serde_json::Value) -> Answer {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        mark_head_read(session);
         let req = session.req_header();
-        let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        if method == http::Method::POST && (path == "/revoke" || path == "/not-before") {
-            let mut body = Vec::new();
-            loop {
-                match session.read_request_body().await {
-                    Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ADMIN_BODY => {
-                        body.extend_from_slice(&chunk)
-                    }
-                    Ok(Some(_)) => {
-                        let a = doc(413, "body_too_large", json!({"error": "body_too_large"}));
-                        return respond::to_admin(&a);
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        let a = doc(400, "bad_request", json!({"error": "bad_request"}));
-                        return respond::to_admin(&a);
-                    }
-                }
-            }
-            return respond::to_admin(&self.revoke(&path, &body));
-        }
-        respond::to_admin(&self.handle(&method, &path))
+        let answer = self.handle(&req.method, req.uri.path());
+        mark_request_done(session);
+        respond::to_admin(&answer)
     }
 }

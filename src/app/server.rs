@@ -48,6 +48,7 @@ pub fn build_server(
     let conf = server_conf(&cfg);
     let proxy_addr = cfg.proxy_addr.to_string();
     let admin_addr = cfg.admin_addr.to_string();
+    let writes_addr = cfg.admin.writes.as_ref().map(|w| w.addr);
     let source = cfg.source.clone();
     let tls = cfg.proxy_tls.clone();
     let watch_file = cfg.server.watch_config;
@@ -178,13 +179,51 @@ pub fn build_server(
     }
     server.add_service(proxy);
 
+    // The admin listeners, each behind the connection guard with its own small cap: the
+    // read-only one backends, Prometheus and kubelet reach, and the operator's write listener
+    // (only when a credential is configured).
+    let admin_guard = || {
+        let shared = shared.clone();
+        move || {
+            let cfg = shared.config.load();
+            crate::downstream::DownstreamSettings {
+                max_connections: cfg.admin.max_connections,
+                ..cfg.downstream
+            }
+        }
+    };
     let mut admin = Service::new(
         "admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone())),
+        crate::downstream::GuardedApp::new(
+            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone())),
+            admin_guard(),
+            crate::decision::refusal::too_many_connections(),
+        ),
     );
     admin.threads = Some(1);
     admin.add_tcp(&admin_addr);
     server.add_service(admin);
+    match writes_addr {
+        Some(addr) => {
+            let mut writes = Service::new(
+                "admin-writes".to_string(),
+                crate::downstream::GuardedApp::new(
+                    pingora::apps::http_app::HttpServer::new_app(
+                        crate::app::operator::OperatorApp::new(shared.clone()),
+                    ),
+                    admin_guard(),
+                    crate::decision::refusal::too_many_connections(),
+                ),
+            );
+            writes.threads = Some(1);
+            writes.add_tcp(&addr.to_string());
+            server.add_service(writes);
+        }
+        None => tracing::warn!(
+            "admin writes are off: POST /revoke and /not-before are served only on admin.writes.listen, \
+             with a bearer secret (admin.writes.token_file or token_env); see README, upgrade notes"
+        ),
+    }
 
     Ok((server, shared))
 }

@@ -20,7 +20,8 @@ pub use env::{EnvSource, ProcessEnv};
 pub use raw::RawConfig;
 pub use report::mask_url;
 pub use runtime::{
-    RuntimeConfig, ServerSettings, TenantSyncSettings, TlsFiles, UpstreamTarget, UpstreamTimeouts,
+    AdminSettings, AdminToken, AdminWrites, RuntimeConfig, ServerSettings, TenantSyncSettings,
+    TlsFiles, UpstreamTarget, UpstreamTimeouts,
 };
 
 /// Parses YAML text into the raw schema, expanding environment variables.

@@ -132,6 +132,55 @@ pub struct RuntimeConfig {
     pub logging: LogSettings,
     /// Distinct tenants with their own metrics label (`metrics.tenant_label_cap`).
     pub tenant_label_cap: usize,
+    /// The admin listeners: their connection cap and the operator's write listener.
+    pub admin: AdminSettings,
+}
+
+/// The compiled `admin:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub max_connections: usize,
+    /// `None`: `POST /revoke` and `/not-before` are not served anywhere.
+    pub writes: Option<AdminWrites>,
+}
+
+/// The operator's write listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminWrites {
+    /// Start-only (like every listener address).
+    pub addr: SocketAddr,
+    pub token: AdminToken,
+    pub rate_per_second: u32,
+}
+
+/// The bearer secret of the write listener, held only as its SHA-256 digest: presented
+/// secrets are hashed and compared in constant time, so neither the secret nor how much of it
+/// matched leaks, and a memory dump holds no usable credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub fn new(secret: &str) -> Self {
+        Self(sha256(secret.as_bytes()))
+    }
+
+    /// Whether `presented` is the secret.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&sha256(presented), &self.0).is_ok()
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 impl RuntimeConfig {

@@ -96,7 +96,11 @@ impl Shared {
     /// reported, not silently ignored.
     pub fn apply(&self, new: RuntimeConfig) {
         let old = self.config.load();
-        if old.proxy_addr != new.proxy_addr || old.admin_addr != new.admin_addr {
+        let writes = |c: &RuntimeConfig| c.admin.writes.as_ref().map(|w| w.addr);
+        if old.proxy_addr != new.proxy_addr
+            || old.admin_addr != new.admin_addr
+            || writes(&old) != writes(&new)
+        {
             tracing::warn!(
                 "listen addresses changed: they take effect at the next restart or upgrade"
             );

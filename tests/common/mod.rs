@@ -235,12 +235,15 @@ async fn record(rec: Arc<Mutex<Vec<Seen>>>, req: Request) -> Response {
 pub struct Gateway {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The operator's write listener, when the config turns it on (`{WRITES}`).
+    pub writes: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: Option<tokio::sync::mpsc::Sender<ShutdownSignal>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Replaces `{PROXY}`, `{ADMIN}` and `{UPSTREAM}` in a YAML template.
+/// Replaces `{PROXY}`, `{ADMIN}`, `{UPSTREAM}` and (with a free port) `{WRITES}` in a YAML
+/// template.
 pub fn render(
     template: &str,
     proxy: SocketAddr,
@@ -251,6 +254,30 @@ pub fn render(
         .replace("{PROXY}", &proxy.to_string())
         .replace("{ADMIN}", &admin.to_string())
         .replace("{UPSTREAM}", &upstream.to_string())
+        .replace("{WRITES}", &format!("127.0.0.1:{}", free_port()))
+}
+
+/// The admin bearer secret the tests' write listeners accept.
+pub const ADMIN_TOKEN: &str = "test-admin-secret-0123456789abcdef0123456789";
+
+/// A file holding [`ADMIN_TOKEN`] (written once per test process).
+pub fn admin_token_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let p =
+            std::env::temp_dir().join(format!("realmgate-test-admin-token-{}", std::process::id()));
+        std::fs::write(&p, format!("{ADMIN_TOKEN}\n")).unwrap();
+        p
+    })
+    .clone()
+}
+
+/// The `admin:` section that turns the write listener on (its port from `render`).
+pub fn admin_writes_yaml() -> String {
+    format!(
+        "admin:\n  writes: {{listen: \"{{WRITES}}\", token_file: \"{}\"}}\n",
+        admin_token_file().display()
+    )
 }
 
 impl Gateway {
@@ -266,6 +293,7 @@ impl Gateway {
 
     pub fn start_config(cfg: RuntimeConfig) -> Self {
         let (proxy, admin) = (cfg.proxy_addr, cfg.admin_addr);
+        let writes = cfg.admin.writes.as_ref().map(|w| w.addr);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let (shared_tx, shared_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -279,9 +307,13 @@ impl Gateway {
             .expect("server started");
         wait_port(proxy);
         wait_port(admin);
+        if let Some(w) = writes {
+            wait_port(w);
+        }
         Self {
             proxy,
             admin,
+            writes,
             shared,
             stop: Some(tx),
             thread: Some(thread),
@@ -306,6 +338,15 @@ impl Gateway {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+
+    /// A URL on the operator's write listener (the config must turn it on).
+    pub fn writes_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.writes.expect("admin.writes configured"),
+            path
+        )
     }
 
     /// Stops with a graceful or fast signal and waits for the server thread.

@@ -85,7 +85,7 @@ fn compile_server(s: &ServerSection, e: &mut ConfigError) -> ServerSettings {
     }
 }
 
-fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+pub(super) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| format!("\"{s}\" is not an ip:port address"))
 }

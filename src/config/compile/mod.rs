@@ -2,6 +2,7 @@
 //! destructures its schema type with no `..`, so a field added to the schema does not build
 //! until a compiler handles it, and reports every problem under its field path.
 
+mod admin;
 mod assertion;
 mod authz;
 mod check;
@@ -55,6 +56,7 @@ impl RuntimeConfig {
             metrics,
             assertion,
             revocation,
+            admin,
         } = &*raw;
 
         let listeners = listen::compile(listen, server, &mut e);
@@ -92,6 +94,11 @@ impl RuntimeConfig {
             redis.as_ref(),
             &mut e,
         );
+        let taken: Vec<_> = listeners
+            .iter()
+            .flat_map(|l| [l.proxy_addr, l.admin_addr])
+            .collect();
+        let admin = admin::compile(admin, &taken, &mut e);
         let logging = LogSettings::from(logging);
         let tenant_label_cap = logging::tenant_label_cap(metrics);
         let warnings = load_warnings(&raw);
@@ -141,6 +148,7 @@ impl RuntimeConfig {
             revocation,
             logging,
             tenant_label_cap,
+            admin,
             raw,
             source,
         })

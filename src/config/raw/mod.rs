@@ -61,6 +61,8 @@ pub struct RawConfig {
     pub assertion: AssertionSection,
     #[serde(default)]
     pub revocation: RevocationSection,
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -716,4 +718,46 @@ impl Default for RevocationRedisSection {
             key: "realmgate:revocations".into(),
         }
     }
+}
+
+/// The admin listeners (README, "Admin endpoints and metrics"): `listen.admin` serves reads
+/// (health, readiness, metrics, the assertion JWKS); the operator's writes have their own
+/// listener and are off unless a credential is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Open connections per admin listener; past it a new one is answered 503 and closed.
+    pub max_connections: usize,
+    /// `POST /revoke` and `POST /not-before`; absent: off.
+    pub writes: Option<AdminWritesSection>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 128,
+            writes: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminWritesSection {
+    /// Its own `ip:port`, never one of the read or proxy listeners' (loopback by default in
+    /// the examples: operators reach it with `kubectl exec` / port-forward).
+    pub listen: String,
+    /// A file holding the bearer secret (one line, at least 32 characters).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// An environment variable holding the bearer secret.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Authenticated writes per second (burst: twice that).
+    #[serde(default = "default_admin_write_rate")]
+    pub rate_per_second: u32,
+}
+
+fn default_admin_write_rate() -> u32 {
+    5
 }
