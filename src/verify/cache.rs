@@ -1,5 +1,5 @@
 //! The verified-token cache: the entry type, the policy it is read under, and the lookup that
-//! re-checks an entry's [`Proof`](super::identity) on every hit. See
+//! re-checks an entry's [`Proof`] on every hit. See
 //! [`Verifier`](super::Verifier) for why a hit can never grant more than the original token.
 
 use std::sync::Arc;
