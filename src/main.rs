@@ -113,65 +113,15 @@ fn load_config(path: &std::path::Path) -> Result<config::RuntimeConfig, ExitCode
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Check { config } => match load_config(&config) {
-            Ok(cfg) => {
-                println!("{}", cfg.summary());
-                for w in &cfg.warnings {
-                    eprintln!("warning: {w}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+    match Cli::parse().command {
+        Command::Check { config } => check(&config),
         Command::Explain {
             config,
             method,
             url,
             token,
             claims,
-        } => {
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let _log = realmgate::telemetry::init(
-                &LogSettings::from(&LoggingSection {
-                    level: "warn".into(),
-                    ..Default::default()
-                }),
-                Writer::Direct,
-            );
-            let creds = match (token, claims) {
-                (Some(path), _) => match std::fs::read_to_string(&path) {
-                    Ok(t) => Credentials::Token(t),
-                    Err(e) => {
-                        eprintln!("cannot read {}: {e}", path.display());
-                        return ExitCode::from(EX_USAGE);
-                    }
-                },
-                (None, Some(json)) => match serde_json::from_str(&json) {
-                    Ok(v) => Credentials::Claims(v),
-                    Err(e) => {
-                        eprintln!("--claims is not JSON: {e}");
-                        return ExitCode::from(EX_USAGE);
-                    }
-                },
-                (None, None) => Credentials::None,
-            };
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            let result = rt.block_on(explain(std::sync::Arc::new(cfg), &method, &url, creds));
-            print!("{}", result.text);
-            if result.allowed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        } => explain_request(&config, &method, &url, token, claims),
         Command::Revoke {
             admin,
             token_file,
@@ -179,70 +129,137 @@ fn main() -> ExitCode {
             sub,
             sid,
         } => revoke(&admin, token_file.as_deref(), &tenant, sub, sid),
-        Command::Demo { proxy, admin } => {
-            let log = realmgate::telemetry::init(
-                &LogSettings::from(&LoggingSection::default()),
-                Writer::Buffered,
-            );
-            match realmgate::app::demo::prepare(&realmgate::app::demo::DemoOptions { proxy, admin })
-            {
-                Ok((server, walkthrough)) => {
-                    println!("{walkthrough}");
-                    use std::io::Write as _;
-                    let _ = std::io::stdout().flush();
-                    server.run(RunArgs::default());
-                    drop(log);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("cannot start the demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Demo { proxy, admin } => demo(proxy, admin),
         Command::Run {
             config,
             upgrade,
             daemon,
-        } => {
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            // A writer thread would not survive daemonizing (fork), so daemons log directly.
-            let log = realmgate::telemetry::init(
-                &cfg.logging,
-                if daemon {
-                    Writer::Direct
-                } else {
-                    Writer::Buffered
-                },
-            );
-            tracing::info!(
-                config = %config.display(),
-                proxy = %cfg.proxy_addr,
-                admin = %cfg.admin_addr,
-                "starting realmgate {}",
-                env!("CARGO_PKG_VERSION")
-            );
-            match build_server(cfg, &ProcessOptions { upgrade, daemon }) {
-                Ok((server, _shared)) => {
-                    // `run` returns after a graceful shutdown (`run_forever` would exit
-                    // without flushing the log queue).
-                    server.run(RunArgs::default());
-                    drop(log);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("cannot start: {e}");
-                    ExitCode::FAILURE
-                }
+        } => run(&config, upgrade, daemon),
+    }
+}
+
+/// `realmgate check`.
+fn check(config: &std::path::Path) -> ExitCode {
+    match load_config(config) {
+        Ok(cfg) => {
+            println!("{}", cfg.summary());
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
             }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// `realmgate explain`.
+fn explain_request(
+    config: &std::path::Path,
+    method: &str,
+    url: &str,
+    token: Option<PathBuf>,
+    claims: Option<String>,
+) -> ExitCode {
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let _log = realmgate::telemetry::init(
+        &LogSettings::from(&LoggingSection {
+            level: "warn".into(),
+            ..Default::default()
+        }),
+        Writer::Direct,
+    );
+    let creds = match (token, claims) {
+        (Some(path), _) => match std::fs::read_to_string(&path) {
+            Ok(t) => Credentials::Token(t),
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", path.display());
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        (None, Some(json)) => match serde_json::from_str(&json) {
+            Ok(v) => Credentials::Claims(v),
+            Err(e) => {
+                eprintln!("--claims is not JSON: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        (None, None) => Credentials::None,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(explain(std::sync::Arc::new(cfg), method, url, creds));
+    print!("{}", result.text);
+    if result.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `realmgate demo`.
+fn demo(proxy: Option<std::net::SocketAddr>, admin: Option<std::net::SocketAddr>) -> ExitCode {
+    let log = realmgate::telemetry::init(
+        &LogSettings::from(&LoggingSection::default()),
+        Writer::Buffered,
+    );
+    match realmgate::app::demo::prepare(&realmgate::app::demo::DemoOptions { proxy, admin }) {
+        Ok((server, walkthrough)) => {
+            println!("{walkthrough}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            server.run(RunArgs::default());
+            drop(log);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot start the demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// A single-threaded runtime for the one-shot commands.
+/// `realmgate run`.
+fn run(config: &std::path::Path, upgrade: bool, daemon: bool) -> ExitCode {
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // A writer thread would not survive daemonizing (fork), so daemons log directly.
+    let log = realmgate::telemetry::init(
+        &cfg.logging,
+        if daemon {
+            Writer::Direct
+        } else {
+            Writer::Buffered
+        },
+    );
+    tracing::info!(
+        config = %config.display(),
+        proxy = %cfg.proxy_addr,
+        admin = %cfg.admin_addr,
+        "starting realmgate {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    match build_server(cfg, &ProcessOptions { upgrade, daemon }) {
+        Ok((server, _shared)) => {
+            // `run` returns after a graceful shutdown (`run_forever` would exit
+            // without flushing the log queue).
+            server.run(RunArgs::default());
+            drop(log);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

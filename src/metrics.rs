@@ -137,251 +137,105 @@ pub struct Metrics {
     pub admin_writes_total: IntCounterVec,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+/// One series: its name, help text and label names (empty for a single series). Every series
+/// realmgate exports is one constant in the catalog at the end of this file.
+struct Series {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+/// Registers a collector built from a static definition: neither step can fail for a
+/// well-formed, once-registered catalog entry (`exposition_has_conventional_names` and every
+/// test that records a metric build the whole registry).
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    built: prometheus::Result<C>,
+) -> C {
+    let c = built.expect("static metric definition");
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+fn opts(s: &Series) -> Opts {
+    Opts::new(s.name, s.help)
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
-        .expect("static metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+fn counter_vec(r: &Registry, s: &Series) -> IntCounterVec {
+    register(r, IntCounterVec::new(opts(s), s.labels))
+}
+
+fn gauge_vec(r: &Registry, s: &Series) -> IntGaugeVec {
+    register(r, IntGaugeVec::new(opts(s), s.labels))
+}
+
+fn counter(r: &Registry, s: &Series) -> IntCounter {
+    register(r, IntCounter::with_opts(opts(s)))
+}
+
+fn gauge(r: &Registry, s: &Series) -> IntGauge {
+    register(r, IntGauge::with_opts(opts(s)))
+}
+
+fn histogram_opts(s: &Series, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(s.name, s.help).buckets(buckets.to_vec())
+}
+
+/// A latency histogram ([`LATENCY_BUCKETS`]).
+fn histogram(r: &Registry, s: &Series) -> Histogram {
+    register(r, Histogram::with_opts(histogram_opts(s, LATENCY_BUCKETS)))
+}
+
+fn histogram_vec(r: &Registry, s: &Series) -> HistogramVec {
+    register(
+        r,
+        HistogramVec::new(histogram_opts(s, LATENCY_BUCKETS), s.labels),
+    )
 }
 
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let token_verify_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "realmgate_token_verify_duration_seconds",
-                "Time to authenticate a token, by cache outcome.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["cache"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(token_verify_duration.clone()))
-            .expect("metric registered once");
         Self {
             tenants: BoundedLabels::new(100),
             realms: BoundedLabels::new(100),
-            requests_total: counter_vec(
+            requests_total: counter_vec(r, &REQUESTS_TOTAL),
+            request_duration: histogram(r, &REQUEST_DURATION),
+            upstream_duration: histogram(r, &UPSTREAM_DURATION),
+            upstream_errors_total: counter_vec(r, &UPSTREAM_ERRORS_TOTAL),
+            rejections_total: counter_vec(r, &REJECTIONS_TOTAL),
+            jwks_fetch_total: counter_vec(r, &JWKS_FETCH_TOTAL),
+            jwks_fetch_denied_total: counter_vec(r, &JWKS_FETCH_DENIED_TOTAL),
+            jwks_keys: gauge_vec(r, &JWKS_KEYS),
+            jwks_age_seconds: gauge_vec(r, &JWKS_AGE_SECONDS),
+            static_realms: gauge_vec(r, &STATIC_REALMS),
+            token_verify_total: counter_vec(r, &TOKEN_VERIFY_TOTAL),
+            token_cache_total: counter_vec(r, &TOKEN_CACHE_TOTAL),
+            token_verify_duration: histogram_vec(r, &TOKEN_VERIFY_DURATION),
+            permission_cache_total: counter_vec(r, &PERMISSION_CACHE_TOTAL),
+            redis_errors_total: counter_vec(r, &REDIS_ERRORS_TOTAL),
+            invalid_grants_total: counter_vec(r, &INVALID_GRANTS_TOTAL),
+            grant_loader_calls_total: counter_vec(r, &GRANT_LOADER_CALLS_TOTAL),
+            grant_write_backs_total: counter_vec(r, &GRANT_WRITE_BACKS_TOTAL),
+            grant_age_seconds: register(
                 r,
-                "realmgate_requests_total",
-                "Requests answered, by tenant and HTTP status.",
-                &["tenant", "status"],
+                Histogram::with_opts(histogram_opts(&GRANT_AGE_SECONDS, GRANT_AGE_BUCKETS)),
             ),
-            request_duration: histogram(
-                r,
-                "realmgate_request_duration_seconds",
-                "Time from request head to the end of the response, gateway and upstream.",
-            ),
-            upstream_duration: histogram(
-                r,
-                "realmgate_upstream_duration_seconds",
-                "Time from upstream connect to the end of the upstream response.",
-            ),
-            upstream_errors_total: counter_vec(
-                r,
-                "realmgate_upstream_errors_total",
-                "Failed upstream exchanges, by kind (connect, timeout, other).",
-                &["kind"],
-            ),
-            rejections_total: counter_vec(
-                r,
-                "realmgate_rejections_total",
-                "Requests refused by the gateway itself, by stable error code.",
-                &["code"],
-            ),
-            jwks_fetch_total: counter_vec(
-                r,
-                "realmgate_jwks_fetch_total",
-                "JWKS/discovery fetches, by realm and result.",
-                &["realm", "result"],
-            ),
-            jwks_fetch_denied_total: counter_vec(
-                r,
-                "realmgate_jwks_fetch_denied_total",
-                "Request-caused JWKS fetches refused by a process-wide rate bound, by reason.",
-                &["reason"],
-            ),
-            jwks_keys: gauge_vec(
-                r,
-                "realmgate_jwks_keys",
-                "Usable signing keys held, by realm.",
-                &["realm"],
-            ),
-            jwks_age_seconds: gauge_vec(
-                r,
-                "realmgate_jwks_age_seconds",
-                "Seconds since the realm's keys were last fetched successfully.",
-                &["realm"],
-            ),
-            static_realms: gauge_vec(
-                r,
-                "realmgate_static_realms",
-                "Static realms by health: usable keys, first load pending, or unusable.",
-                &["state"],
-            ),
-            token_verify_total: counter_vec(
-                r,
-                "realmgate_token_verify_total",
-                "Token verifications, by tenant and result (ok or a reason code).",
-                &["tenant", "result"],
-            ),
-            token_cache_total: counter_vec(
-                r,
-                "realmgate_token_cache_total",
-                "Verified-token cache lookups, by result (hit, miss, stale).",
-                &["result"],
-            ),
-            token_verify_duration,
-            permission_cache_total: counter_vec(
-                r,
-                "realmgate_permission_cache_total",
-                "Effective-permission cache lookups, by result (hit, miss, expired).",
-                &["result"],
-            ),
-            redis_errors_total: counter_vec(
-                r,
-                "realmgate_redis_errors_total",
-                "Redis failures, by operation.",
-                &["op"],
-            ),
-            invalid_grants_total: counter_vec(
-                r,
-                "realmgate_invalid_grants_total",
-                "Grants skipped because they are not valid resource.action.scope permissions, by source.",
-                &["source"],
-            ),
-            grant_loader_calls_total: counter_vec(
-                r,
-                "realmgate_grant_loader_calls_total",
-                "Grant loader calls (Redis key absent), by loader and result.",
-                &["loader", "result"],
-            ),
-            grant_write_backs_total: counter_vec(
-                r,
-                "realmgate_grant_write_backs_total",
-                "Loader answers written back into Redis, by result.",
-                &["result"],
-            ),
-            grant_age_seconds: {
-                let h = Histogram::with_opts(
-                    HistogramOpts::new(
-                        "realmgate_grant_age_seconds",
-                        "Age of the grant data a request was decided with (since its Redis or loader read); one use in 16 is sampled.",
-                    )
-                    .buckets(GRANT_AGE_BUCKETS.to_vec()),
-                )
-                .expect("static metric definition");
-                r.register(Box::new(h.clone()))
-                    .expect("metric registered once");
-                h
-            },
-            decisions_total: counter_vec(
-                r,
-                "realmgate_decisions_total",
-                "Authorization decisions, by tenant and decision.",
-                &["tenant", "decision"],
-            ),
-            shadow_decisions_total: counter_vec(
-                r,
-                "realmgate_shadow_decisions_total",
-                "Decisions taken in shadow mode (logged and counted, not enforced).",
-                &["decision"],
-            ),
-            config_reload_total: counter_vec(
-                r,
-                "realmgate_config_reload_total",
-                "Configuration reloads, by result.",
-                &["result"],
-            ),
-            grant_invalidations_total: counter_vec(
-                r,
-                "realmgate_grant_invalidations_total",
-                "Grant invalidations applied, by source.",
-                &["source"],
-            ),
-            grant_invalidation_mode: gauge_vec(
-                r,
-                "realmgate_grant_invalidation_mode",
-                "1 for the active grant invalidation mode.",
-                &["mode"],
-            ),
-            downstream_connections: {
-                let g = IntGauge::new(
-                    "realmgate_downstream_connections",
-                    "Open client connections.",
-                )
-                .expect("static metric definition");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
-            downstream_closed_total: counter_vec(
-                r,
-                "realmgate_downstream_closed_total",
-                "Client connections closed by the gateway, by reason.",
-                &["reason"],
-            ),
-            invalidations_total: {
-                let c = IntCounter::new(
-                    "realmgate_invalidations_total",
-                    "Invalidation messages received on the Redis channel.",
-                )
-                .expect("static metric definition");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
-            revocations_total: counter_vec(
-                r,
-                "realmgate_revocations_total",
-                "Revocations taken (sessions, subjects, not-before), by source.",
-                &["source"],
-            ),
-            revocation_entries: {
-                let g = IntGauge::new(
-                    "realmgate_revocation_entries",
-                    "Revocation entries held (sid, sub and not-before).",
-                )
-                .expect("static metric definition");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
-            revocation_requests_refused_total: counter_vec(
-                r,
-                "realmgate_revocation_requests_refused_total",
-                "Back-channel logout and not-before requests refused, by reason.",
-                &["reason"],
-            ),
-            admin_writes_total: counter_vec(
-                r,
-                "realmgate_admin_writes_total",
-                "Operator writes on the admin write listener, by result.",
-                &["result"],
-            ),
+            decisions_total: counter_vec(r, &DECISIONS_TOTAL),
+            shadow_decisions_total: counter_vec(r, &SHADOW_DECISIONS_TOTAL),
+            config_reload_total: counter_vec(r, &CONFIG_RELOAD_TOTAL),
+            downstream_connections: gauge(r, &DOWNSTREAM_CONNECTIONS),
+            downstream_closed_total: counter_vec(r, &DOWNSTREAM_CLOSED_TOTAL),
+            invalidations_total: counter(r, &INVALIDATIONS_TOTAL),
+            grant_invalidations_total: counter_vec(r, &GRANT_INVALIDATIONS_TOTAL),
+            grant_invalidation_mode: gauge_vec(r, &GRANT_INVALIDATION_MODE),
+            revocations_total: counter_vec(r, &REVOCATIONS_TOTAL),
+            revocation_entries: gauge(r, &REVOCATION_ENTRIES),
+            revocation_requests_refused_total: counter_vec(r, &REVOCATION_REQUESTS_REFUSED_TOTAL),
+            admin_writes_total: counter_vec(r, &ADMIN_WRITES_TOTAL),
             registry,
         }
     }
@@ -402,6 +256,166 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 pub fn metrics() -> &'static Metrics {
     &METRICS
 }
+
+// ---------------------------------------------------------------------------------------------
+// The catalog: every series, in the order of `Metrics`'s fields.
+// ---------------------------------------------------------------------------------------------
+
+const REQUESTS_TOTAL: Series = Series {
+    name: "realmgate_requests_total",
+    help: "Requests answered, by tenant and HTTP status.",
+    labels: &["tenant", "status"],
+};
+const REQUEST_DURATION: Series = Series {
+    name: "realmgate_request_duration_seconds",
+    help: "Time from request head to the end of the response, gateway and upstream.",
+    labels: &[],
+};
+const UPSTREAM_DURATION: Series = Series {
+    name: "realmgate_upstream_duration_seconds",
+    help: "Time from upstream connect to the end of the upstream response.",
+    labels: &[],
+};
+const UPSTREAM_ERRORS_TOTAL: Series = Series {
+    name: "realmgate_upstream_errors_total",
+    help: "Failed upstream exchanges, by kind (connect, timeout, other).",
+    labels: &["kind"],
+};
+const REJECTIONS_TOTAL: Series = Series {
+    name: "realmgate_rejections_total",
+    help: "Requests refused by the gateway itself, by stable error code.",
+    labels: &["code"],
+};
+const JWKS_FETCH_TOTAL: Series = Series {
+    name: "realmgate_jwks_fetch_total",
+    help: "JWKS/discovery fetches, by realm and result.",
+    labels: &["realm", "result"],
+};
+const JWKS_FETCH_DENIED_TOTAL: Series = Series {
+    name: "realmgate_jwks_fetch_denied_total",
+    help: "Request-caused JWKS fetches refused by a process-wide rate bound, by reason.",
+    labels: &["reason"],
+};
+const JWKS_KEYS: Series = Series {
+    name: "realmgate_jwks_keys",
+    help: "Usable signing keys held, by realm.",
+    labels: &["realm"],
+};
+const JWKS_AGE_SECONDS: Series = Series {
+    name: "realmgate_jwks_age_seconds",
+    help: "Seconds since the realm's keys were last fetched successfully.",
+    labels: &["realm"],
+};
+const STATIC_REALMS: Series = Series {
+    name: "realmgate_static_realms",
+    help: "Static realms by health: usable keys, first load pending, or unusable.",
+    labels: &["state"],
+};
+const TOKEN_VERIFY_TOTAL: Series = Series {
+    name: "realmgate_token_verify_total",
+    help: "Token verifications, by tenant and result (ok or a reason code).",
+    labels: &["tenant", "result"],
+};
+const TOKEN_CACHE_TOTAL: Series = Series {
+    name: "realmgate_token_cache_total",
+    help: "Verified-token cache lookups, by result (hit, miss, stale).",
+    labels: &["result"],
+};
+const TOKEN_VERIFY_DURATION: Series = Series {
+    name: "realmgate_token_verify_duration_seconds",
+    help: "Time to authenticate a token, by cache outcome.",
+    labels: &["cache"],
+};
+const PERMISSION_CACHE_TOTAL: Series = Series {
+    name: "realmgate_permission_cache_total",
+    help: "Effective-permission cache lookups, by result (hit, miss, expired).",
+    labels: &["result"],
+};
+const REDIS_ERRORS_TOTAL: Series = Series {
+    name: "realmgate_redis_errors_total",
+    help: "Redis failures, by operation.",
+    labels: &["op"],
+};
+const INVALID_GRANTS_TOTAL: Series = Series {
+    name: "realmgate_invalid_grants_total",
+    help: "Grants skipped because they are not valid resource.action.scope permissions, by source.",
+    labels: &["source"],
+};
+const GRANT_LOADER_CALLS_TOTAL: Series = Series {
+    name: "realmgate_grant_loader_calls_total",
+    help: "Grant loader calls (Redis key absent), by loader and result.",
+    labels: &["loader", "result"],
+};
+const GRANT_WRITE_BACKS_TOTAL: Series = Series {
+    name: "realmgate_grant_write_backs_total",
+    help: "Loader answers written back into Redis, by result.",
+    labels: &["result"],
+};
+const GRANT_AGE_SECONDS: Series = Series {
+    name: "realmgate_grant_age_seconds",
+    help: "Age of the grant data a request was decided with (since its Redis or loader read); one use in 16 is sampled.",
+    labels: &[],
+};
+const DECISIONS_TOTAL: Series = Series {
+    name: "realmgate_decisions_total",
+    help: "Authorization decisions, by tenant and decision.",
+    labels: &["tenant", "decision"],
+};
+const SHADOW_DECISIONS_TOTAL: Series = Series {
+    name: "realmgate_shadow_decisions_total",
+    help: "Decisions taken in shadow mode (logged and counted, not enforced).",
+    labels: &["decision"],
+};
+const CONFIG_RELOAD_TOTAL: Series = Series {
+    name: "realmgate_config_reload_total",
+    help: "Configuration reloads, by result.",
+    labels: &["result"],
+};
+const DOWNSTREAM_CONNECTIONS: Series = Series {
+    name: "realmgate_downstream_connections",
+    help: "Open client connections.",
+    labels: &[],
+};
+const DOWNSTREAM_CLOSED_TOTAL: Series = Series {
+    name: "realmgate_downstream_closed_total",
+    help: "Client connections closed by the gateway, by reason.",
+    labels: &["reason"],
+};
+const INVALIDATIONS_TOTAL: Series = Series {
+    name: "realmgate_invalidations_total",
+    help: "Invalidation messages received on the Redis channel.",
+    labels: &[],
+};
+const GRANT_INVALIDATIONS_TOTAL: Series = Series {
+    name: "realmgate_grant_invalidations_total",
+    help: "Grant invalidations applied, by source.",
+    labels: &["source"],
+};
+const GRANT_INVALIDATION_MODE: Series = Series {
+    name: "realmgate_grant_invalidation_mode",
+    help: "1 for the active grant invalidation mode.",
+    labels: &["mode"],
+};
+const REVOCATIONS_TOTAL: Series = Series {
+    name: "realmgate_revocations_total",
+    help: "Revocations taken (sessions, subjects, not-before), by source.",
+    labels: &["source"],
+};
+const REVOCATION_ENTRIES: Series = Series {
+    name: "realmgate_revocation_entries",
+    help: "Revocation entries held (sid, sub and not-before).",
+    labels: &[],
+};
+const REVOCATION_REQUESTS_REFUSED_TOTAL: Series = Series {
+    name: "realmgate_revocation_requests_refused_total",
+    help: "Back-channel logout and not-before requests refused, by reason.",
+    labels: &["reason"],
+};
+const ADMIN_WRITES_TOTAL: Series = Series {
+    name: "realmgate_admin_writes_total",
+    help: "Operator writes on the admin write listener, by result.",
+    labels: &["result"],
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -14,16 +14,11 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 fn config(kc: &MockKeycloak, assertion: &str) -> String {
-    format!(
-        r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak:
-  base_url: "{base}"
-  audiences: [qa-platform-backend]
-  leeway: 0s
-  jwks_refresh: 1h
+    TestConfig::new(&kc.base())
+        .keycloak("leeway: 0s")
+        .keycloak("jwks_refresh: 1h")
+        .with(&format!(
+            r#"
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
 roles:
@@ -32,11 +27,9 @@ routes:
   - {{path: "/public/**", public: true}}
   - {{path: "/tickets/**", methods: [GET], permission: tickets.read.own}}
   - {{path: "/**", authenticated: true}}
-logging: {{access_log: false}}
 {assertion}
-"#,
-        base = kc.base()
-    )
+"#
+        ))
 }
 
 struct Env {

@@ -16,30 +16,23 @@ fn config(kc: &MockKeycloak, extra_keycloak: &str) -> String {
     } else {
         "jwks_refresh: 1h"
     };
-    format!(
-        r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak:
-  base_url: "{base}"
-  audiences: [qa-platform-backend]
-  leeway: 0s
-  {refresh}
-  refetch_wait: 3s
-  {extra_keycloak}
+    TestConfig::new(&kc.base())
+        .keycloak("leeway: 0s")
+        .keycloak(refresh)
+        .keycloak("refetch_wait: 3s")
+        .keycloak(extra_keycloak)
+        .with(
+            r#"
 tenants:
-  - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
-  - {{id: globex, realm: tenant-globex, hosts: [globex.qa.example.com]}}
+  - {id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}
+  - {id: globex, realm: tenant-globex, hosts: [globex.qa.example.com]}
 host_patterns:
-  - {{pattern: "{{tenant}}.dyn.example.com", realm: "tenant-{{tenant}}"}}
+  - {pattern: "{tenant}.dyn.example.com", realm: "tenant-{tenant}"}
 routes:
-  - {{path: "/public/**", public: true}}
-  - {{path: "/**", authenticated: true}}
-logging: {{access_log: false}}
+  - {path: "/public/**", public: true}
+  - {path: "/**", authenticated: true}
 "#,
-        base = kc.base()
-    )
+        )
 }
 
 struct Env {

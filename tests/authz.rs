@@ -13,12 +13,8 @@ use common::*;
 use serde_json::Value;
 
 fn config(kc: &MockKeycloak, redis_port: u16, prefix: &str) -> String {
-    format!(
+    TestConfig::new(&kc.base()).with(&format!(
         r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak: {{base_url: "{base}", audiences: [qa-platform-backend]}}
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
 roles:
@@ -40,10 +36,8 @@ redis:
   command_timeout: 200ms
   key_prefix: "{prefix}"
   channel: "{prefix}invalidate"
-logging: {{access_log: false}}
-"#,
-        base = kc.base()
-    )
+"#
+    ))
 }
 
 fn unique() -> String {

@@ -16,12 +16,11 @@ const ACME: &str = "acme.qa.example.com";
 const SHADOW: &str = "other.qa.example.com";
 
 fn config(kc: &str, downstream: &str) -> String {
-    format!(
-        r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}", read_timeout: 5s}}
-keycloak: {{base_url: "{kc}", audiences: [qa-platform-backend], require_keys_for_ready: false}}
+    TestConfig::new(kc)
+        .upstream("read_timeout: 5s")
+        .keycloak("require_keys_for_ready: false")
+        .with(&format!(
+            r#"
 downstream: {{{downstream}}}
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [{ACME}]}}
@@ -31,9 +30,8 @@ routes:
   - {{path: "/public/**", public: true}}
   - {{path: "/upload/**", public: true, max_body_bytes: 1024}}
   - {{path: "/**", authenticated: true}}
-logging: {{access_log: false}}
 "#
-    )
+        ))
 }
 
 struct Env {

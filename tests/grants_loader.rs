@@ -140,12 +140,8 @@ impl Drop for Db {
 }
 
 fn config(kc: &MockKeycloak, prefix: &str, loader: &str) -> String {
-    format!(
+    TestConfig::new(&kc.base()).with(&format!(
         r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak: {{base_url: "{base}", audiences: [qa-platform-backend]}}
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
 roles:
@@ -166,10 +162,8 @@ redis:
   invalidation: tracking
   loader:
 {loader}
-logging: {{access_log: false}}
-"#,
-        base = kc.base()
-    )
+"#
+    ))
 }
 
 struct Env {

@@ -9,11 +9,7 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const CONFIG: &str = r#"
-listen: {proxy: "{PROXY}", admin: "{ADMIN}"}
-server: {threads: 1, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}
-upstream: {default: "{UPSTREAM}", connect_timeout: 1s, read_timeout: 2s}
-keycloak: {base_url: "http://127.0.0.1:9", audiences: [qa-platform-backend], require_keys_for_ready: false}
+const SECTIONS: &str = r#"
 tenants:
   - {id: default, realm: qa-default, hosts: [qa.example.com]}
   - {id: acme, realm: tenant-acme, hosts: [acme.qa.example.com, app.acmecorp.com]}
@@ -22,12 +18,19 @@ host_patterns:
   - {pattern: "{tenant}.qa.example.com", realm: "tenant-{tenant}"}
 routes:
   - {path: "/**", public: true}
-logging: {access_log: false}
 "#;
+
+fn base_config() -> String {
+    TestConfig::new("http://127.0.0.1:9")
+        .threads(1)
+        .upstream("connect_timeout: 1s, read_timeout: 2s")
+        .keycloak("require_keys_for_ready: false")
+        .with(SECTIONS)
+}
 
 async fn setup() -> (Upstream, Gateway) {
     let up = Upstream::start().await;
-    let gw = Gateway::start(CONFIG, up.addr);
+    let gw = Gateway::start(&base_config(), up.addr);
     (up, gw)
 }
 
@@ -260,7 +263,7 @@ async fn ten_mib_bodies_stream_both_ways() {
 #[tokio::test]
 async fn stalled_upload_is_ended_by_the_upstream_timeouts() {
     let up = Upstream::start().await;
-    let config = CONFIG.replace("read_timeout: 2s", "read_timeout: 2s, write_timeout: 1s");
+    let config = base_config().replace("read_timeout: 2s", "read_timeout: 2s, write_timeout: 1s");
     let gw = Gateway::start(&config, up.addr);
     let outcome = async {
         let r = client()
@@ -314,7 +317,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let up = Upstream::start().await;
     // A port with nothing listening.
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gw = Gateway::start(CONFIG, dead);
+    let gw = Gateway::start(&base_config(), dead);
     let r = get(&gw, "acme.qa.example.com", "/").await;
     assert_eq!(r.status(), 502);
     assert!(r.headers().contains_key("x-request-id"));
@@ -322,7 +325,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     assert_eq!(body["error"], "upstream_unavailable");
     drop(gw);
 
-    let gw = Gateway::start(CONFIG, up.addr);
+    let gw = Gateway::start(&base_config(), up.addr);
     let r = get(&gw, "acme.qa.example.com", "/sleep/4000").await;
     assert_eq!(r.status(), 504);
     let body: serde_json::Value = r.json().await.unwrap();
@@ -397,7 +400,7 @@ async fn double_encoding_and_invalid_utf8_escapes_are_refused() {
     assert_eq!(up.count(), 0, "nothing may reach the upstream");
 
     let up = Upstream::start().await;
-    let lenient = CONFIG.replace(
+    let lenient = base_config().replace(
         "logging: {access_log: false}",
         "paths: {double_encoding: allow}\nlogging: {access_log: false}",
     );
@@ -424,7 +427,7 @@ async fn double_encoding_and_invalid_utf8_escapes_are_refused() {
 #[tokio::test]
 async fn host_patterns_resolve_to_the_tenant_owning_the_realm() {
     let up = Upstream::start().await;
-    let config = CONFIG.replace(
+    let config = base_config().replace(
         "host_patterns:",
         "  - {id: umbrella, realm: tenant-umbrella-corp, status: suspended}\nhost_patterns:",
     );

@@ -1,7 +1,9 @@
 //! `rediss://` works: grants are read from a TLS-only `redis-server` child, verified against
 //! a CA given through `SSL_CERT_FILE` (rustls-native-certs honours it), and a server whose
-//! certificate is not trusted is never used. Its own test binary, because it sets an
-//! environment variable for the process.
+//! certificate is not trusted is never used. The variable must be in the environment before
+//! any TLS client is built, and changing a running process's environment is racy (and banned
+//! by `.clippy.toml`), so the test makes its certificates, then runs itself again as a child
+//! process with `SSL_CERT_FILE` set from the start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -150,15 +152,42 @@ fn compile(src: &GrantSource) -> (&'static str, BTreeSet<String>) {
     }
 }
 
+/// Set (to the certificate folder) only in the child run of this test.
+const CERT_DIR: &str = "REALMGATE_TEST_REDIS_TLS_CERTS";
+const TEST: &str = "rediss_urls_connect_with_verified_tls";
+
 #[tokio::test]
 async fn rediss_urls_connect_with_verified_tls() {
+    match std::env::var_os(CERT_DIR) {
+        Some(dir) => check_tls_grants(Path::new(&dir)).await,
+        None => run_as_child(),
+    }
+}
+
+/// Makes both CAs, then runs this test again in a child process whose environment trusts
+/// only the first, and passes when the child ran it and passed.
+fn run_as_child() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), "trusted");
     make_certs(dir.path(), "untrusted");
-    // Only the first CA is trusted; set before any TLS client is built in this process.
-    std::env::set_var("SSL_CERT_FILE", dir.path().join("trusted.pem"));
-    let good = start_tls_redis(dir.path(), "trusted");
-    let bad = start_tls_redis(dir.path(), "untrusted");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SSL_CERT_FILE", dir.path().join("trusted.pem"))
+        .env(CERT_DIR, dir.path())
+        .output()
+        .expect("the test binary runs itself");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child run failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// The test proper, in a process that trusts only the `trusted` CA.
+async fn check_tls_grants(dir: &Path) {
+    let good = start_tls_redis(dir, "trusted");
+    let bad = start_tls_redis(dir, "untrusted");
 
     let url = format!("rediss://127.0.0.1:{}", good.port);
     let store = GrantStore::new(Some(GrantSettings {

@@ -20,25 +20,24 @@ const NOT_BEFORE: &str = "/.realmgate/k_push_not_before";
 const REDIS_PORT: u16 = 6379;
 
 fn config(kc: &MockKeycloak, extra: &str) -> String {
-    format!(
+    config_from(TestConfig::new(&kc.base()), extra)
+}
+
+/// The revocation tests' config on a shared template (one worker thread), then `extra`.
+fn config_from(template: TestConfig, extra: &str) -> String {
+    template.threads(1).with(&format!(
         r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 1, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak: {{base_url: "{base}", audiences: [qa-platform-backend]}}
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [{HOST}]}}
   - {{id: other, realm: tenant-other, hosts: [other.qa.example.com]}}
 routes:
   - {{path: "/api/**", authenticated: true}}
 default_policy: deny
-logging: {{access_log: false}}
 {writes}
 {extra}
 "#,
-        base = kc.base(),
         writes = common::admin_writes_yaml(),
-    )
+    ))
 }
 
 /// A Redis section shared by every replica started with the same `prefix`.
@@ -530,9 +529,9 @@ async fn a_not_before_push_revokes_older_tokens_and_keeps_newer_ones() {
 async fn revocation_entries_expire_once_no_token_they_cover_can_be_valid() {
     let env = Env::new().await;
     // Tokens live at most 2 s here, and no leeway: an entry is held 2 s.
-    let yaml = config(&env.kc, "revocation: {max_token_lifetime: 2s}\n").replace(
-        "audiences: [qa-platform-backend]}",
-        "audiences: [qa-platform-backend], leeway: 0s}",
+    let yaml = config_from(
+        TestConfig::new(&env.kc.base()).keycloak("leeway: 0s"),
+        "revocation: {max_token_lifetime: 2s}\n",
     );
     let gw = Gateway::start(&yaml, env.up.addr);
     assert_eq!(gw.shared.config.load().revocation.hold_secs, 2);

@@ -61,12 +61,11 @@ async fn tenants_added_and_removed_through_redis_serve_within_a_second() {
     let key = format!("rgtest:{tag}:tenants");
     let channel = format!("rgtest:{tag}:invalidate");
     let up = Upstream::start().await;
-    let template = format!(
-        r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}"}}
-server: {{threads: 1, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak: {{base_url: "http://127.0.0.1:9", audiences: [qa-platform-backend], require_keys_for_ready: false}}
+    let template = TestConfig::new("http://127.0.0.1:9")
+        .threads(1)
+        .keycloak("require_keys_for_ready: false")
+        .with(&format!(
+            r#"
 tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
 host_patterns:
@@ -74,9 +73,8 @@ host_patterns:
 routes:
   - {{path: "/public/**", public: true}}
 redis: {{url: "redis://127.0.0.1:6379", channel: "{channel}", tenants_key: "{key}"}}
-logging: {{access_log: false}}
 "#
-    );
+        ));
     let gw = Gateway::start(&template, up.addr);
     assert_eq!(status(&gw, "initech.example.com").await, 404);
 

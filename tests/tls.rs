@@ -34,21 +34,18 @@ async fn tls_listener_terminates_and_routes_by_host() {
         .success();
     assert!(ok, "openssl could not make a test certificate");
     let up = Upstream::start().await;
-    let template = format!(
-        r#"
-listen: {{proxy: "{{PROXY}}", admin: "{{ADMIN}}", tls: {{cert: "{}", key: "{}"}}}}
-server: {{threads: 1, grace_period: 0s, graceful_shutdown_timeout: 1s, watch_config: false}}
-upstream: {{default: "{{UPSTREAM}}"}}
-keycloak: {{base_url: "http://127.0.0.1:9", audiences: [qa-platform-backend], require_keys_for_ready: false}}
+    let template = TestConfig::new("http://127.0.0.1:9")
+        .threads(1)
+        .tls(&cert, &key)
+        .keycloak("require_keys_for_ready: false")
+        .with(
+            r#"
 tenants:
-  - {{id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}}
+  - {id: acme, realm: tenant-acme, hosts: [acme.qa.example.com]}
 routes:
-  - {{path: "/public/**", public: true}}
-logging: {{access_log: false}}
+  - {path: "/public/**", public: true}
 "#,
-        cert.display(),
-        key.display()
-    );
+        );
     let gw = Gateway::start(&template, up.addr);
     let https = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)

@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| realmgate::fuzzing::host(data));
+fuzz_target!(|data: &[u8]| realmgate::testkit::fuzzing::host(data));

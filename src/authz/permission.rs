@@ -432,17 +432,7 @@ impl Catalog {
 
     /// Config load: a route's permission. Must be concrete.
     pub fn intern_required(&mut self, input: &str) -> Result<RequiredPermission, PermissionError> {
-        let p = parse_permission(input)?;
-        let (r, a) = concrete(input, &p)?;
-        let scope = match p.scope {
-            Segment::Any => {
-                return Err(PermissionError::WildcardInRequired {
-                    input: input.to_owned(),
-                    part: Part::Scope,
-                })
-            }
-            s => self.scopes.resolve(input, s)?,
-        };
+        let (r, a, scope) = self.required_parts(input)?;
         Ok(RequiredPermission {
             resource: ResourceId(self.resources.intern(r)),
             action: ActionId(self.actions.intern(a)),
@@ -486,17 +476,7 @@ impl Catalog {
 
     /// Lookup without interning (admin "check" endpoints, tests).
     pub fn required(&self, input: &str) -> Result<RequiredPermission, PermissionError> {
-        let p = parse_permission(input)?;
-        let (r, a) = concrete(input, &p)?;
-        let scope = match p.scope {
-            Segment::Any => {
-                return Err(PermissionError::WildcardInRequired {
-                    input: input.to_owned(),
-                    part: Part::Scope,
-                })
-            }
-            s => self.scopes.resolve(input, s)?,
-        };
+        let (r, a, scope) = self.required_parts(input)?;
         let missing = |part, name: &str| PermissionError::NotInCatalog {
             input: input.to_owned(),
             part,
@@ -515,6 +495,30 @@ impl Catalog {
             ),
             scope,
         })
+    }
+
+    /// A required permission's resource and action names and its resolved scope: parsed, and
+    /// refused unless every part is concrete (a route asks for one thing; a wildcard is a
+    /// grant's).
+    fn required_parts<'i>(
+        &self,
+        input: &'i str,
+    ) -> Result<(&'i str, &'i str, ScopeId), PermissionError> {
+        let p = parse_permission(input)?;
+        let wild = |part| PermissionError::WildcardInRequired {
+            input: input.to_owned(),
+            part,
+        };
+        let Segment::Name(r) = p.resource else {
+            return Err(wild(Part::Resource));
+        };
+        let Segment::Name(a) = p.action else {
+            return Err(wild(Part::Action));
+        };
+        if p.scope == Segment::Any {
+            return Err(wild(Part::Scope));
+        }
+        Ok((r, a, self.scopes.resolve(input, p.scope)?))
     }
 
     pub fn resource_id(&self, name: &str) -> Option<ResourceId> {
@@ -550,25 +554,6 @@ impl Catalog {
     pub fn action_count(&self) -> usize {
         self.actions.names.len()
     }
-}
-
-fn concrete<'a>(
-    input: &str,
-    p: &ParsedPermission<'a>,
-) -> Result<(&'a str, &'a str), PermissionError> {
-    let wild = |part| PermissionError::WildcardInRequired {
-        input: input.to_owned(),
-        part,
-    };
-    let r = match p.resource {
-        Segment::Name(n) => n,
-        Segment::Any => return Err(wild(Part::Resource)),
-    };
-    let a = match p.action {
-        Segment::Name(n) => n,
-        Segment::Any => return Err(wild(Part::Action)),
-    };
-    Ok((r, a))
 }
 
 /// Keys are catalog ids. Measured on 1 000 entries: ahash ~13 ns per lookup, a multiplicative

@@ -10,8 +10,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::jwks::key_store;
 use crate::jwks::LocalSigner;
-
-const BASE: &str = "http://127.0.0.1:9";
+use crate::testkit::fixture::{config_yaml as fixture_yaml, BASE};
 
 fn config() -> RuntimeConfig {
     config_with("viewer: [\"users.read.own\"]")
@@ -23,13 +22,8 @@ fn config_with(viewer: &str) -> RuntimeConfig {
 }
 
 fn config_yaml(viewer: &str) -> String {
-    format!(
-        r#"
-listen: {{proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}}
-upstream: {{default: "127.0.0.1:3"}}
-keycloak: {{base_url: "{BASE}", audiences: [backend], permissions_claim: perms}}
-default_policy: deny
-tenants:
+    fixture_yaml(&format!(
+        r#"tenants:
   - {{id: acme, realm: tenant-acme, hosts: [acme.test]}}
   - {{id: frozen, realm: tenant-frozen, hosts: [frozen.test], status: suspended}}
   - {{id: shadowco, realm: tenant-shadow, hosts: [shadow.test], enforce: false}}
@@ -40,7 +34,7 @@ routes:
   - {{path: "/users/{{id}}", methods: [GET], permission: users.read.own}}
   - {{path: "/users/{{id}}", methods: [DELETE], permission: users.delete.tenant}}
 "#
-    )
+    ))
 }
 
 struct Fixture {

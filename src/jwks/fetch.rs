@@ -1,18 +1,14 @@
 //! Fetching a realm's keys (refresher side only): the HTTP client, OIDC discovery, JWKS and
-//! key-file reads, size and redirect limits, and `Cache-Control: max-age`.
+//! key-file reads, size and redirect limits, and `Cache-Control: max-age`. Pure I/O: what a
+//! result does to the realm is the store's (`KeyStore::apply`), when it runs the refresher's.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use serde::Deserialize;
-use tracing::error;
 
-use super::realm::{FetchGuard, Realm};
+use super::realm::Realm;
 use super::settings::{JwksSettings, Source};
-use super::slots::{FetchKind, FetchSlots};
-use super::store::KeyStore;
 
 /// A key document as read, with the response's `max-age` if any.
 pub(super) struct Fetched {
@@ -29,13 +25,6 @@ pub(super) enum FetchError {
     Refused(String),
     /// Transport error, timeout, non-2xx, oversize, unreadable file.
     Failed(String),
-}
-
-/// What a fetch result did to the realm, for the refresher's schedule.
-pub(super) enum Outcome {
-    Ok { max_age: Option<Duration> },
-    NotFound,
-    Failed,
 }
 
 /// `max-age` from a `Cache-Control` value; `None` when absent or when the response forbids
@@ -187,7 +176,9 @@ async fn read_file(path: PathBuf, limit: usize) -> Result<Fetched, FetchError> {
         .map_err(|e| FetchError::Failed(format!("reading {shown}: {e}")))
 }
 
-async fn fetch_keys(
+/// Reads `realm`'s key document from its source (a file, a JWKS URI, or OIDC discovery
+/// then the JWKS URI it names, remembered until a fetch fails).
+pub(super) async fn fetch_keys(
     client: Option<&reqwest::Client>,
     settings: &JwksSettings,
     realm: &Realm,
@@ -216,64 +207,13 @@ async fn fetch_keys(
     }
 }
 
-/// One fetch: waits for a slot of its kind, fetches, applies the result. A panic anywhere in
-/// it is caught and reported as a failed fetch of the same realm, so the refresher still
-/// reschedules the realm (with backoff) instead of leaving it unrefreshed.
-pub(super) async fn fetch_task(
-    store: Arc<KeyStore>,
-    client: Option<reqwest::Client>,
-    realm: Arc<Realm>,
-    slots: Arc<FetchSlots>,
-    kind: FetchKind,
-) -> (Arc<Realm>, Outcome) {
-    let r = realm.clone();
-    let run = async move {
-        let _guard = FetchGuard(realm.clone());
-        let _slot = slots.acquire(kind).await;
-        #[cfg(test)]
-        testkit_panic::maybe_panic(realm.name());
-        let settings = store.settings();
-        let res = fetch_keys(client.as_ref(), &settings, &realm).await;
-        store.apply(&realm, res)
-    };
-    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
-        Ok(outcome) => (r, outcome),
-        Err(_) => {
-            error!(realm = %r.name, "JWKS fetch task panicked; retrying with backoff");
-            (r, Outcome::Failed)
-        }
-    }
-}
-
-/// Test hook: make the next fetch of a realm panic.
-#[cfg(test)]
-pub(crate) mod testkit_panic {
-    use parking_lot::Mutex;
-    use std::collections::HashSet;
-
-    static ARMED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-
-    pub(crate) fn panic_next_fetch(realm: &str) {
-        ARMED
-            .lock()
-            .get_or_insert_with(HashSet::new)
-            .insert(realm.into());
-    }
-
-    pub(super) fn maybe_panic(realm: &str) {
-        let armed = ARMED.lock().as_mut().is_some_and(|s| s.remove(realm));
-        if armed {
-            panic!("injected fetch panic for {realm}");
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::jwks::testkit::*;
     use crate::jwks::{system_clock, RealmOverride};
+    use std::sync::Arc;
     use std::time::Instant;
 
     #[test]

@@ -32,12 +32,14 @@
 //! - Keys belong to their realm: each realm has its own key set, so the same `kid` in two
 //!   realms names two unrelated keys.
 //!
-//! Layout: `alg` (accepted algorithms), `settings` (configuration and each realm's key
-//! source), `keys` (JWK parsing and key sets), `realm` (one realm's state), `store`
-//! (the [`KeyStore`] the request path reads), `fetch` (discovery and JWKS HTTP), `slots`
-//! (fetch concurrency), `refresher` (the fetching task and its
-//! schedule), `local_signer` (a throwaway key for tokens only this process trusts). The store reports its refusals as its own `KeyError`;
-//! it imports nothing from `verify`.
+//! Layout, each file importing only files listed before it: `alg` (accepted algorithms),
+//! `error` (the store's refusals), `settings` (configuration and each realm's key source),
+//! `keys` (JWK parsing and key sets), `realm` (one realm's state), `slots` (fetch
+//! concurrency), `fetch` (discovery, JWKS HTTP and key files: I/O only), `store` (the
+//! [`KeyStore`] the request path reads, and applying fetch results), `refresher` (the fetching
+//! task and its schedule), `local_signer` (a throwaway key for tokens only this process
+//! trusts). This file builds a store with its refresher ([`key_store`]). The store reports its
+//! refusals as its own `KeyError`; it imports nothing from `verify`.
 
 mod alg;
 mod error;
@@ -51,6 +53,8 @@ mod slots;
 mod store;
 #[cfg(test)]
 pub(crate) mod testkit;
+
+use std::sync::Arc;
 
 pub use alg::{Alg, AlgSet};
 pub(crate) use error::KeyError;
@@ -68,7 +72,24 @@ pub use refresher::{
 pub(crate) use settings::Expectation;
 pub use settings::{valid_realm_name, JwksSettings, RealmOverride};
 pub use slots::{MAX_CONCURRENT_FETCHES, RESERVED_FOR_SCHEDULE};
-pub use store::{
-    key_store, key_store_with_clock, system_clock, Clock, KeyStore, RealmHealth, RealmInfo,
-    NEGATIVE_CACHE_CAPACITY,
-};
+pub use store::{system_clock, Clock, KeyStore, RealmHealth, RealmInfo, NEGATIVE_CACHE_CAPACITY};
+
+/// Builds the key store and its refresher. Nothing is fetched until the refresher runs.
+pub fn key_store(
+    settings: JwksSettings,
+    static_realms: Vec<String>,
+) -> (Arc<KeyStore>, JwksRefresher) {
+    key_store_with_clock(settings, static_realms, system_clock())
+}
+
+/// [`key_store`] with an injected clock (tests, replay tools). Built here, not in `store`, so
+/// the store knows nothing of the refresher that feeds it.
+pub fn key_store_with_clock(
+    settings: JwksSettings,
+    static_realms: Vec<String>,
+    clock: Clock,
+) -> (Arc<KeyStore>, JwksRefresher) {
+    let (store, commands) = KeyStore::new(settings, static_realms, clock);
+    let refresher = JwksRefresher::new(store.clone(), commands);
+    (store, refresher)
+}

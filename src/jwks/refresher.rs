@@ -8,15 +8,16 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::fetch::{build_client, fetch_task, Outcome};
-use super::realm::{Realm, LOADED};
+use super::fetch::{build_client, fetch_keys};
+use super::realm::{FetchGuard, Realm, LOADED};
 use super::slots::{FetchKind, FetchSlots};
-use super::store::{Cmd, KeyStore};
+use super::store::{Cmd, KeyStore, Outcome};
 
 /// First retry delay after a failed refresh; doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -45,8 +46,8 @@ fn jittered(d: Duration) -> Duration {
 /// The only task that talks to the IdP. Run it once: as a Pingora background service, or
 /// with [`JwksRefresher::run`] on any runtime.
 pub struct JwksRefresher {
-    pub(super) store: Arc<KeyStore>,
-    pub(super) rx: Mutex<Option<mpsc::Receiver<Cmd>>>,
+    store: Arc<KeyStore>,
+    rx: Mutex<Option<mpsc::Receiver<Cmd>>>,
 }
 
 struct SchedEntry {
@@ -102,7 +103,67 @@ fn claim(realm: &Realm) -> bool {
     true
 }
 
+/// One fetch: waits for a slot of its kind, fetches, applies the result. A panic anywhere in
+/// it is caught and reported as a failed fetch of the same realm, so the refresher still
+/// reschedules the realm (with backoff) instead of leaving it unrefreshed.
+pub(super) async fn fetch_task(
+    store: Arc<KeyStore>,
+    client: Option<reqwest::Client>,
+    realm: Arc<Realm>,
+    slots: Arc<FetchSlots>,
+    kind: FetchKind,
+) -> (Arc<Realm>, Outcome) {
+    let r = realm.clone();
+    let run = async move {
+        let _guard = FetchGuard(realm.clone());
+        let _slot = slots.acquire(kind).await;
+        #[cfg(test)]
+        testkit_panic::maybe_panic(realm.name());
+        let settings = store.settings();
+        let res = fetch_keys(client.as_ref(), &settings, &realm).await;
+        store.apply(&realm, res)
+    };
+    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(outcome) => (r, outcome),
+        Err(_) => {
+            error!(realm = %r.name, "JWKS fetch task panicked; retrying with backoff");
+            (r, Outcome::Failed)
+        }
+    }
+}
+
+/// Test hook: make the next fetch of a realm panic.
+#[cfg(test)]
+pub(crate) mod testkit_panic {
+    use parking_lot::Mutex;
+    use std::collections::HashSet;
+
+    static ARMED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    pub(crate) fn panic_next_fetch(realm: &str) {
+        ARMED
+            .lock()
+            .get_or_insert_with(HashSet::new)
+            .insert(realm.into());
+    }
+
+    pub(super) fn maybe_panic(realm: &str) {
+        let armed = ARMED.lock().as_mut().is_some_and(|s| s.remove(realm));
+        if armed {
+            panic!("injected fetch panic for {realm}");
+        }
+    }
+}
+
 impl JwksRefresher {
+    /// The refresher of `store`, fed by the store's command channel.
+    pub(super) fn new(store: Arc<KeyStore>, rx: mpsc::Receiver<Cmd>) -> Self {
+        Self {
+            store,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
     /// Loads the static realms, then refreshes until `shutdown` changes (or its sender drops).
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         self.run_inner(shutdown, None).await;
@@ -351,7 +412,7 @@ mod tests {
         // static realm whose first fetch panicked stayed without keys.
         let idp = Idp::start().await;
         idp.set_keys("r-panic", vec![rsa_a().jwk("k1")]);
-        crate::jwks::fetch::testkit_panic::panic_next_fetch("r-panic");
+        crate::jwks::refresher::testkit_panic::panic_next_fetch("r-panic");
         let (store, _stop) = start_store(test_settings(&idp.base), &["r-panic"], system_clock());
         assert!(wait_until(|| async { store.static_realms_ready() }).await);
         assert!(store

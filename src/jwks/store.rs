@@ -12,10 +12,9 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
 use super::error::KeyError;
-use super::fetch::{FetchError, Fetched, Outcome};
+use super::fetch::{FetchError, Fetched};
 use super::keys::{build_key_set, PreparedKey};
 use super::realm::{state_name, Realm, FAILED, LOADED, NOT_FOUND, REFUSED};
-use super::refresher::JwksRefresher;
 use super::settings::{expectation_for, spec_for, valid_realm_name, Expectation, JwksSettings};
 use crate::limits::TokenBucket;
 use crate::metrics::{metrics, OTHER};
@@ -43,10 +42,38 @@ struct RealmMap {
     dynamic: usize,
 }
 
+impl RealmMap {
+    /// Removes least recently used dynamic realms until at most `max` remain, and returns
+    /// them (the caller forgets their keys).
+    fn evict_lru(&mut self, max: usize) -> Vec<Arc<Realm>> {
+        let mut evicted = Vec::new();
+        while self.dynamic > max {
+            let victim = self
+                .map
+                .values()
+                .filter(|r| !r.is_static())
+                .min_by_key(|r| r.last_used.load(Ordering::Relaxed))
+                .cloned();
+            let Some(victim) = victim else { break };
+            self.map.remove(victim.name());
+            self.dynamic -= 1;
+            evicted.push(victim);
+        }
+        evicted
+    }
+}
+
 /// Work for the refresher.
 pub(crate) enum Cmd {
     /// Fetch this realm now (its gate is already marked in flight by the sender).
     Fetch(Arc<Realm>),
+}
+
+/// What a fetch result did to the realm ([`KeyStore::apply`]), for the refresher's schedule.
+pub(super) enum Outcome {
+    Ok { max_age: Option<Duration> },
+    NotFound,
+    Failed,
 }
 
 /// What a request-path wait on a realm fetch turned into.
@@ -92,61 +119,50 @@ pub struct KeyStore {
     clock: Clock,
 }
 
-/// Builds the key store and its refresher. Nothing is fetched until the refresher runs.
-pub fn key_store(
-    settings: JwksSettings,
-    static_realms: Vec<String>,
-) -> (Arc<KeyStore>, JwksRefresher) {
-    key_store_with_clock(settings, static_realms, system_clock())
-}
-
-/// [`key_store`] with an injected clock (tests, replay tools).
-pub fn key_store_with_clock(
-    settings: JwksSettings,
-    static_realms: Vec<String>,
-    clock: Clock,
-) -> (Arc<KeyStore>, JwksRefresher) {
-    let (tx, rx) = mpsc::channel(CMD_QUEUE);
-    let now = clock();
-    let mut map = RealmMap::default();
-    for name in &static_realms {
-        if !valid_realm_name(name) {
-            error!(realm = %name, "invalid realm name in configuration; ignored");
-            continue;
-        }
-        let realm = Realm::new(name, spec_for(&settings, name), true, now);
-        map.map.insert(realm.name.clone(), Arc::new(realm));
-    }
-    let store = Arc::new(KeyStore {
-        max_stale_secs: AtomicU64::new(settings.max_stale.as_secs()),
-        admissions: Mutex::new(TokenBucket::new(
-            settings.new_realms_per_second,
-            Instant::now(),
-        )),
-        refetches: Mutex::new(TokenBucket::new(
-            settings.refetches_per_second,
-            Instant::now(),
-        )),
-        settings: ArcSwap::from_pointee(settings),
-        realms: ArcSwap::from_pointee(map),
-        write: Mutex::new(()),
-        negative: quick_cache::sync::Cache::new(NEGATIVE_CACHE_CAPACITY),
-        cmd: tx,
-        reconcile: Notify::new(),
-        clock,
-    });
-    let refresher = JwksRefresher {
-        store: store.clone(),
-        rx: Mutex::new(Some(rx)),
-    };
-    (store, refresher)
-}
-
 fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl KeyStore {
+    /// A store holding `static_realms` (none loaded yet), and the receiving end of its command
+    /// channel for the refresher (`jwks::key_store` builds both).
+    pub(super) fn new(
+        settings: JwksSettings,
+        static_realms: Vec<String>,
+        clock: Clock,
+    ) -> (Arc<KeyStore>, mpsc::Receiver<Cmd>) {
+        let (tx, rx) = mpsc::channel(CMD_QUEUE);
+        let now = clock();
+        let mut map = RealmMap::default();
+        for name in &static_realms {
+            if !valid_realm_name(name) {
+                error!(realm = %name, "invalid realm name in configuration; ignored");
+                continue;
+            }
+            let realm = Realm::new(name, spec_for(&settings, name), true, now);
+            map.map.insert(realm.name.clone(), Arc::new(realm));
+        }
+        let store = Arc::new(KeyStore {
+            max_stale_secs: AtomicU64::new(settings.max_stale.as_secs()),
+            admissions: Mutex::new(TokenBucket::new(
+                settings.new_realms_per_second,
+                Instant::now(),
+            )),
+            refetches: Mutex::new(TokenBucket::new(
+                settings.refetches_per_second,
+                Instant::now(),
+            )),
+            settings: ArcSwap::from_pointee(settings),
+            realms: ArcSwap::from_pointee(map),
+            write: Mutex::new(()),
+            negative: quick_cache::sync::Cache::new(NEGATIVE_CACHE_CAPACITY),
+            cmd: tx,
+            reconcile: Notify::new(),
+            clock,
+        });
+        (store, rx)
+    }
+
     /// The store's clock (seconds since the epoch).
     pub fn now(&self) -> u64 {
         (self.clock)()
@@ -266,17 +282,9 @@ impl KeyStore {
             return Ok(r.clone());
         }
         let mut next = (*cur).clone();
-        while next.dynamic >= settings.max_dynamic_realms {
-            let victim = next
-                .map
-                .values()
-                .filter(|r| !r.is_static())
-                .min_by_key(|r| r.last_used.load(Ordering::Relaxed))
-                .cloned();
-            let Some(victim) = victim else { break };
+        // Room for one more (`max_dynamic_realms` is at least 1 here).
+        for victim in next.evict_lru(settings.max_dynamic_realms - 1) {
             info!(realm = %victim.name, "evicting least recently used dynamic realm");
-            next.map.remove(victim.name());
-            next.dynamic -= 1;
             self.forget(&victim);
         }
         let realm = Arc::new(Realm::new(name, spec_for(&settings, name), false, now));
@@ -432,16 +440,7 @@ impl KeyStore {
                 next.map.insert(realm.name.clone(), Arc::new(realm));
             }
         }
-        while next.dynamic > settings.max_dynamic_realms {
-            let victim = next
-                .map
-                .values()
-                .filter(|r| !r.is_static())
-                .min_by_key(|r| r.last_used.load(Ordering::Relaxed))
-                .cloned();
-            let Some(victim) = victim else { break };
-            next.map.remove(victim.name());
-            next.dynamic -= 1;
+        for victim in next.evict_lru(settings.max_dynamic_realms) {
             self.forget(&victim);
         }
         self.realms.store(Arc::new(next));
@@ -728,7 +727,7 @@ pub struct RealmHealth {
 mod tests {
     use super::*;
     use crate::jwks::testkit::*;
-    use crate::jwks::{Alg, RealmOverride};
+    use crate::jwks::{key_store, Alg, RealmOverride};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idp_failure_keeps_last_good_keys_and_counts_errors() {

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use super::def::{derived_label, validate_realm, validate_realm_template, validate_tenant_id};
 use super::*;
 
 // ---- normalisation -----------------------------------------------------------------

@@ -13,6 +13,7 @@ use base64::Engine;
 use http::Method;
 use pingora::http::RequestHeader;
 
+use super::fixture::config_yaml;
 use crate::authz::permission::MAX_PERMISSION_LEN;
 use crate::authz::{
     canonicalize, match_layered, parse_permission, Catalog, PermissionSet, RouteRule, Scopes,
@@ -27,20 +28,12 @@ use crate::verify::Verifier;
 /// keep verifying (and reaching the signature and identity code) whenever the corpus is run.
 pub const FIXED_NOW: u64 = 1_800_000_000;
 
-/// Issuer base of the fixture config (`{BASE}/realms/{realm}`); nothing listens there.
-pub const BASE: &str = "http://127.0.0.1:9";
-
 /// The public half of `testdata/jwt/rsa_a.pem` (kid `k1`), installed for realm `tenant-acme`.
 const RSA_A_JWK: &str = include_str!("../../testdata/jwt/rsa_a.jwk.json");
 
 fn fixture_yaml(paths: &str) -> String {
-    format!(
-        r#"
-listen: {{proxy: "127.0.0.1:1", admin: "127.0.0.1:2"}}
-upstream: {{default: "127.0.0.1:3"}}
-keycloak: {{base_url: "{BASE}", audiences: [backend], permissions_claim: perms}}
-default_policy: deny
-tenants:
+    config_yaml(&format!(
+        r#"tenants:
   - id: acme
     realm: tenant-acme
     hosts: [acme.test, app.acme-corp.test]
@@ -70,7 +63,7 @@ routes:
   - {{path: "/api/v1/calls/**", methods: [GET, POST], permission: calls.read.own}}
 paths: {paths}
 "#
-    )
+    ))
 }
 
 /// Two snapshots of one config that differ only in `paths:`: the defaults, and every

@@ -2,4 +2,5 @@
 //! own tests, benches and the fuzz targets turn it on; a production build has none of it).
 
 pub mod authz;
+pub mod fixture;
 pub mod fuzzing;

@@ -1,58 +1,49 @@
-//! The verified-token cache: what an entry pins ([`Proof`]) and the lookup that re-checks it on
-//! every hit. See [`Verifier`] for why a hit can never grant more than the original token.
+//! The verified-token cache: the entry type, the policy it is read under, and the lookup that
+//! re-checks an entry's [`Proof`] on every hit. See
+//! [`Verifier`](super::Verifier) for why a hit can never grant more than the original token.
 
-use std::fmt;
 use std::sync::Arc;
+
+use prometheus::IntCounter;
 
 use super::claims::unexpired;
 use super::error::AuthError;
-use super::identity::Identity;
-use super::Verifier;
-use crate::jwks::PreparedKey;
+use super::identity::{Identity, Proof};
+use super::settings::{Policy, VerifySettings};
+use crate::jwks::{KeyStore, PreparedKey};
+use crate::metrics::metrics;
 
 /// Verified identities by token hash; each carries its [`Proof`]. Bound: the cache's capacity;
 /// eviction: quick_cache CLOCK-Pro.
 pub(super) type TokenCache = quick_cache::sync::Cache<u64, Arc<Identity>>;
 
-/// Signature characters a cache entry pins: 24 base64url characters are 144 bits of the
-/// signature (every supported signature is at least 86 characters, so the tail never reaches
-/// the payload).
-const SIG_TAIL: usize = 24;
-
-/// The last [`SIG_TAIL`] bytes of `token`, zero-padded on the left if it is shorter.
-pub(super) fn sig_tail(token: &str) -> [u8; SIG_TAIL] {
-    let b = token.as_bytes();
-    let n = b.len().min(SIG_TAIL);
-    let mut t = [0u8; SIG_TAIL];
-    t[SIG_TAIL - n..].copy_from_slice(&b[b.len() - n..]);
-    t
+/// The policy in force and the cache of tokens verified under it, swapped together on reload
+/// so a request reads both with one load.
+pub(super) struct Active {
+    pub(super) policy: Policy,
+    /// `None` when the cache is disabled (capacity 0).
+    pub(super) cache: Option<Arc<TokenCache>>,
 }
 
-/// What a cache hit must still match: the token's last [`SIG_TAIL`] bytes and length, the
-/// key that verified it (not retired since) and the policy generation.
-#[derive(Clone)]
-pub(super) struct Proof {
-    pub(super) sig_tail: [u8; SIG_TAIL],
-    pub(super) len: u32,
-    pub(super) generation: u64,
-    pub(super) key: Arc<PreparedKey>,
-}
-
-impl fmt::Debug for Proof {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proof")
-            .field("generation", &self.generation)
-            .field("key", &self.key.kid())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PartialEq for Proof {
-    fn eq(&self, o: &Self) -> bool {
-        self.sig_tail == o.sig_tail
-            && self.len == o.len
-            && self.generation == o.generation
-            && Arc::ptr_eq(&self.key, &o.key)
+impl Active {
+    /// Compiles `settings` as policy `generation`, with a cache of the configured capacity:
+    /// `previous`'s when its capacity is unchanged (its entries die by the generation check),
+    /// else a new one.
+    pub(super) fn new(
+        settings: VerifySettings,
+        generation: u64,
+        previous: Option<&Active>,
+    ) -> Self {
+        let capacity = settings.token_cache_capacity;
+        let kept = previous
+            .filter(|p| p.policy.settings.token_cache_capacity == capacity)
+            .and_then(|p| p.cache.clone());
+        let cache =
+            (capacity > 0).then(|| kept.unwrap_or_else(|| Arc::new(TokenCache::new(capacity))));
+        Self {
+            policy: Policy::compile(settings, generation),
+            cache,
+        }
     }
 }
 
@@ -64,31 +55,55 @@ pub(super) enum Cached {
     Reject(AuthError),
 }
 
-impl Verifier {
-    /// Looks `token` up and re-checks the entry's [`Proof`], expiry and realm (see [`Verifier`]).
-    pub(super) fn cached(&self, realm: &str, token: &str) -> Cached {
-        let policy = self.policy.load();
+/// The verifier's side of the cache: the randomly seeded key hasher and the hit, miss and
+/// stale counters (handles resolved once, so a lookup hashes no labels).
+pub(super) struct Lookup {
+    hasher: ahash::RandomState,
+    hit: IntCounter,
+    miss: IntCounter,
+    stale: IntCounter,
+}
+
+impl Lookup {
+    pub(super) fn new() -> Self {
+        let m = metrics();
+        Self {
+            hasher: ahash::RandomState::new(),
+            hit: m.token_cache_total.with_label_values(&["hit"]),
+            miss: m.token_cache_total.with_label_values(&["miss"]),
+            stale: m.token_cache_total.with_label_values(&["stale"]),
+        }
+    }
+
+    /// Looks `token` up and re-checks the entry's [`Proof`], expiry and realm (see
+    /// [`Verifier`](super::Verifier)).
+    pub(super) fn cached(
+        &self,
+        active: &Active,
+        keys: &KeyStore,
+        realm: &str,
+        token: &str,
+    ) -> Cached {
+        let policy = &active.policy;
         if token.len() > policy.max_token_bytes {
             return Cached::Reject(AuthError::TokenTooLarge);
         }
-        let Some(cache) = &policy.cache else {
+        let Some(cache) = &active.cache else {
             return Cached::Miss(None);
         };
         let key = self.hasher.hash_one(token.as_bytes());
         let Some(identity) = cache.get(&key) else {
-            self.cache_miss.inc();
+            self.miss.inc();
             return Cached::Miss(Some(key));
         };
-        let now = self.keys.now();
-        let max_stale = self.keys.max_stale_secs();
-        let fresh = identity.proof.as_ref().is_some_and(|p| {
-            p.len as usize == token.len()
-                && p.sig_tail == sig_tail(token)
-                && p.generation == policy.generation
-                && !p.key.is_retired()
-        }) && unexpired(identity.exp, policy.leeway, now)
-            && self
-                .keys
+        let now = keys.now();
+        let max_stale = keys.max_stale_secs();
+        let fresh = identity
+            .proof
+            .as_ref()
+            .is_some_and(|p| p.holds_for(token, policy.generation))
+            && unexpired(identity.exp, policy.leeway, now)
+            && keys
                 .with_realm(realm, |r| {
                     let ok = (Arc::ptr_eq(r.issuer(), &identity.issuer)
                         || *r.issuer() == identity.issuer)
@@ -100,13 +115,31 @@ impl Verifier {
                 })
                 .unwrap_or(false);
         if fresh {
-            self.cache_hit.inc();
+            self.hit.inc();
             Cached::Hit(identity)
         } else {
-            self.cache_stale.inc();
+            self.stale.inc();
             Cached::Miss(Some(key))
         }
     }
+}
+
+/// Shares a freshly verified `identity`, remembering it under `cache_key` with the proof of
+/// how `token` was verified (by `key`, under `active`'s policy) when the cache is on.
+pub(super) fn remember(
+    active: &Active,
+    cache_key: Option<u64>,
+    token: &str,
+    key: Arc<PreparedKey>,
+    mut identity: Identity,
+) -> Arc<Identity> {
+    let (Some(cache), Some(k)) = (&active.cache, cache_key) else {
+        return Arc::new(identity);
+    };
+    identity.proof = Some(Proof::new(token, active.policy.generation, key));
+    let identity = Arc::new(identity);
+    cache.insert(k, identity.clone());
+    identity
 }
 
 #[cfg(test)]
@@ -117,16 +150,6 @@ mod tests {
     use crate::verify::testkit::*;
     use crate::verify::VerifySettings;
     use std::time::Duration;
-
-    #[test]
-    fn sig_tail_pins_the_last_bytes_left_padded() {
-        let long = format!("{}{}", "h.p.", "s".repeat(10) + "abcdefghijklmnopqrstuvwx");
-        assert_eq!(&sig_tail(&long), b"abcdefghijklmnopqrstuvwx");
-        let mut want = [0u8; SIG_TAIL];
-        want[SIG_TAIL - 3..].copy_from_slice(b"a.b");
-        assert_eq!(sig_tail("a.b"), want);
-        assert_eq!(sig_tail(""), [0u8; SIG_TAIL]);
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn removed_kid_revokes_cached_tokens() {

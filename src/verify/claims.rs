@@ -221,6 +221,21 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), E
     Ok(())
 }
 
+/// The typed slot of a string claim, for both ways a claim is read (streamed, or captured as
+/// JSON and then filled): the one list of string claims realmgate reads.
+fn string_slot<'c, 'a>(c: &'c mut Claims<'a>, name: &str) -> Option<&'c mut Option<BStr<'a>>> {
+    Some(match name {
+        "iss" => &mut c.iss,
+        "sub" => &mut c.sub,
+        "azp" => &mut c.azp,
+        "sid" => &mut c.sid,
+        "typ" => &mut c.typ,
+        "preferred_username" => &mut c.preferred_username,
+        "email" => &mut c.email,
+        _ => return None,
+    })
+}
+
 /// Fills a typed claim from its JSON value (for claims that are also captured).
 fn fill_known<E: de::Error>(
     c: &mut Claims<'_>,
@@ -251,21 +266,13 @@ fn fill_known<E: de::Error>(
             .map(|d| d.0)
             .map_err(|_| E::custom("bad date"))
     };
-    match key {
-        "iss" | "sub" | "azp" | "sid" | "typ" | "preferred_username" | "email" => {
-            if let Some(s) = string(v)? {
-                let slot = match key {
-                    "iss" => &mut c.iss,
-                    "sub" => &mut c.sub,
-                    "azp" => &mut c.azp,
-                    "sid" => &mut c.sid,
-                    "typ" => &mut c.typ,
-                    "preferred_username" => &mut c.preferred_username,
-                    _ => &mut c.email,
-                };
-                once(slot, s, key)?;
-            }
+    if let Some(slot) = string_slot(c, key) {
+        if let Some(s) = string(v)? {
+            once(slot, s, key)?;
         }
+        return Ok(());
+    }
+    match key {
         "aud" => {
             c.aud = match v {
                 Value::Null => Aud::None,
@@ -317,27 +324,13 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 c.captured.push((key, v));
                 continue;
             }
+            if let Some(slot) = string_slot(&mut c, k) {
+                if let Some(v) = map.next_value::<Option<BStr<'de>>>()? {
+                    once(slot, v, k)?;
+                }
+                continue;
+            }
             match k {
-                "iss" => {
-                    let v = map.next_value::<Option<BStr<'de>>>()?;
-                    if let Some(v) = v {
-                        once(&mut c.iss, v, k)?;
-                    }
-                }
-                "sub" | "azp" | "sid" | "typ" | "preferred_username" | "email" => {
-                    let v = map.next_value::<Option<BStr<'de>>>()?;
-                    if let Some(v) = v {
-                        let slot = match k {
-                            "sub" => &mut c.sub,
-                            "azp" => &mut c.azp,
-                            "sid" => &mut c.sid,
-                            "typ" => &mut c.typ,
-                            "preferred_username" => &mut c.preferred_username,
-                            _ => &mut c.email,
-                        };
-                        once(slot, v, k)?;
-                    }
-                }
                 "aud" => {
                     if std::mem::replace(&mut seen_aud, true) {
                         return Err(de::Error::custom("duplicate claim aud"));
@@ -429,7 +422,7 @@ mod tests {
     #[test]
     fn claim_checks_table() {
         use AuthError::*;
-        let p = Policy::compile(vs(), 1, None);
+        let p = Policy::compile(vs(), 1);
         let iss = "https://kc/realms/acme";
         let now = 1_000_000u64;
         let base = json!({
@@ -496,7 +489,6 @@ mod tests {
                 ..vs()
             },
             1,
-            None,
         );
         for (patch, want) in [
             (json!({ "aud": "account" }), Ok(())),
@@ -511,7 +503,7 @@ mod tests {
             assert_eq!(check_claims(&c, &lenient, iss, now), want, "{patch}");
         }
         // No audience configured: fail closed.
-        let empty = Policy::compile(VerifySettings::default(), 1, None);
+        let empty = Policy::compile(VerifySettings::default(), 1);
         let doc = with(json!({}));
         assert_eq!(
             check_claims(&parse(&empty, &doc).unwrap(), &empty, iss, now),
@@ -521,7 +513,7 @@ mod tests {
 
     #[test]
     fn claim_parsing_is_strict_where_it_matters() {
-        let p = Policy::compile(vs(), 1, None);
+        let p = Policy::compile(vs(), 1);
         for bad in [
             r#"{"sub":"a","sub":"b"}"#,
             r#"{"iss":"a","iss":"b"}"#,

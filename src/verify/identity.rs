@@ -1,16 +1,17 @@
 //! The verified caller as the proxy forwards it: header-safe values, shared role sets and
 //! interned role names.
 
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::cache::Proof;
 use super::claims::Claims;
 use super::error::AuthError;
 use super::settings::Policy;
+use crate::jwks::PreparedKey;
 use crate::revocation::{Probe, RevocationKeys};
 
 /// Names already taken, for deduplication without allocating: quick hashes compared first,
@@ -198,6 +199,70 @@ pub struct Identity {
     pub extra: Box<[(HeaderName, HeaderValue)]>,
     /// How the token was verified, re-checked on every cache hit; None outside the cache.
     pub(super) proof: Option<Proof>,
+}
+
+/// Signature characters a cache entry pins: 24 base64url characters are 144 bits of the
+/// signature (every supported signature is at least 86 characters, so the tail never reaches
+/// the payload).
+const SIG_TAIL: usize = 24;
+
+/// The last [`SIG_TAIL`] bytes of `token`, zero-padded on the left if it is shorter.
+fn sig_tail(token: &str) -> [u8; SIG_TAIL] {
+    let b = token.as_bytes();
+    let n = b.len().min(SIG_TAIL);
+    let mut t = [0u8; SIG_TAIL];
+    t[SIG_TAIL - n..].copy_from_slice(&b[b.len() - n..]);
+    t
+}
+
+/// How a cached identity was verified, so a cache hit can be re-checked: the token's last
+/// [`SIG_TAIL`] bytes and length, the key that verified it (not retired since) and the
+/// policy generation. Lives beside [`Identity`], which carries it.
+#[derive(Clone)]
+pub(super) struct Proof {
+    sig_tail: [u8; SIG_TAIL],
+    len: u32,
+    generation: u64,
+    key: Arc<PreparedKey>,
+}
+
+impl Proof {
+    /// What `token`, verified with `key` under policy `generation`, pins.
+    pub(super) fn new(token: &str, generation: u64, key: Arc<PreparedKey>) -> Self {
+        Self {
+            sig_tail: sig_tail(token),
+            len: u32::try_from(token.len()).unwrap_or(u32::MAX),
+            generation,
+            key,
+        }
+    }
+
+    /// True when `token` is the one this proof was made for (same length and signature tail),
+    /// under the same policy generation, and its key has not been retired since.
+    pub(super) fn holds_for(&self, token: &str, generation: u64) -> bool {
+        self.len as usize == token.len()
+            && self.sig_tail == sig_tail(token)
+            && self.generation == generation
+            && !self.key.is_retired()
+    }
+}
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proof")
+            .field("generation", &self.generation)
+            .field("key", &self.key.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Proof {
+    fn eq(&self, o: &Self) -> bool {
+        self.sig_tail == o.sig_tail
+            && self.len == o.len
+            && self.generation == o.generation
+            && Arc::ptr_eq(&self.key, &o.key)
+    }
 }
 
 /// A token's roles: realm roles, client roles (`resource_access.{client}.roles` over the
@@ -483,6 +548,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn sig_tail_pins_the_last_bytes_left_padded() {
+        let long = format!("{}{}", "h.p.", "s".repeat(10) + "abcdefghijklmnopqrstuvwx");
+        assert_eq!(&sig_tail(&long), b"abcdefghijklmnopqrstuvwx");
+        let mut want = [0u8; SIG_TAIL];
+        want[SIG_TAIL - 3..].copy_from_slice(b"a.b");
+        assert_eq!(sig_tail("a.b"), want);
+        assert_eq!(sig_tail(""), [0u8; SIG_TAIL]);
+    }
+
+    #[test]
     fn header_value_helpers() {
         for (input, max, want) in [
             ("alice", 10, Some("alice")),
@@ -519,7 +594,7 @@ mod tests {
         let mut s = vs();
         s.max_header_value_len = 40;
         s.client_role_clients = vec![AUD.into(), "other-client".into()];
-        let p = Policy::compile(s, 1, None);
+        let p = Policy::compile(s, 1);
         let doc = json!({
             "sub": "u1",
             "realm_access": { "roles": ["viewer", "viewer", "adm\u{0}in", "a,b", " lead", "tenant_admin", "x".repeat(41)] },
@@ -571,7 +646,7 @@ mod tests {
             ("obj".into(), "x-obj".into()),
             ("evil".into(), "x-evil".into()),
         ];
-        let p = Policy::compile(s, 1, None);
+        let p = Policy::compile(s, 1);
         let doc = json!({
             "sub": "u1", "email": "ada@example.com", "tenant_no": 42, "verified": true,
             "groups": ["/a", "/b,c", "/d"], "address": { "country": "NZ" },
@@ -612,7 +687,7 @@ mod tests {
         // Space-separated permissions (scope-style) work too.
         let mut s = vs();
         s.permissions_claim = Some("scope".into());
-        let p = Policy::compile(s, 1, None);
+        let p = Policy::compile(s, 1);
         let doc = json!({ "sub": "u", "scope": "openid users.read.own  admin.*.*" }).to_string();
         let id = build_identity(&parse(&p, &doc).unwrap(), &p, Arc::from("i")).unwrap();
         assert_eq!(

@@ -19,11 +19,13 @@
 //! built with none refuses every token with `audience_mismatch` (fail closed) rather than
 //! accepting tokens minted for any client of the realm.
 //!
-//! Layout: `error` (the reasons and their codes), `extract` (finding the token),
-//! `settings` (the policy), `jose` (header policy, base64url), `claims` (claims and
-//! their checks), `identity` (the forwarded identity), `cache` (the verified-token
-//! cache); the [`Verifier`] here runs them in order. Key-store refusals arrive as
-//! `crate::jwks::KeyError` and become [`AuthError`]s through `From`.
+//! Layout, each file importing only files listed before it: `error` (the reasons and their
+//! codes), `extract` (finding the token), `jose` (header policy, base64url), `settings` (the
+//! operator's settings and the policy compiled from them), `claims` (claims and their
+//! checks), `identity` (the forwarded identity and the proof a cached one carries), `cache`
+//! (the verified-token cache and the policy it is read under); the [`Verifier`] here runs them
+//! in order. Key-store refusals arrive as `crate::jwks::KeyError` and become [`AuthError`]s
+//! through `From`.
 
 mod cache;
 mod claims;
@@ -44,7 +46,7 @@ use prometheus::{Histogram, IntCounter};
 use serde::de::DeserializeSeed;
 use tracing::debug;
 
-use self::cache::{sig_tail, Cached, Proof, TokenCache};
+use self::cache::{remember, Active, Cached, Lookup};
 use self::claims::{check_claims, Claims, ClaimsSeed};
 use self::identity::build_identity;
 use self::jose::{b64_decode, b64_decode_into, JoseHeader, MAX_HEADER_BYTES, MAX_SIGNATURE_BYTES};
@@ -74,11 +76,8 @@ pub use self::settings::VerifySettings;
 /// that the policy generation (bumped on settings reload) is unchanged.
 pub struct Verifier {
     keys: Arc<KeyStore>,
-    policy: ArcSwap<Policy>,
-    hasher: ahash::RandomState,
-    cache_hit: IntCounter,
-    cache_miss: IntCounter,
-    cache_stale: IntCounter,
+    active: ArcSwap<Active>,
+    cache: Lookup,
     duration_hit: Histogram,
     duration_miss: Histogram,
     /// `token_verify_total{tenant,result="ok"}` handles, so a cache hit costs one map lookup
@@ -92,16 +91,11 @@ const TENANT_COUNTERS: usize = 10_000;
 
 impl Verifier {
     pub fn new(keys: Arc<KeyStore>, settings: VerifySettings) -> Self {
-        let cache = (settings.token_cache_capacity > 0)
-            .then(|| Arc::new(TokenCache::new(settings.token_cache_capacity)));
         let m = metrics();
         Self {
             keys,
-            policy: ArcSwap::from_pointee(Policy::compile(settings, 1, cache)),
-            hasher: ahash::RandomState::new(),
-            cache_hit: m.token_cache_total.with_label_values(&["hit"]),
-            cache_miss: m.token_cache_total.with_label_values(&["miss"]),
-            cache_stale: m.token_cache_total.with_label_values(&["stale"]),
+            active: ArcSwap::from_pointee(Active::new(settings, 1, None)),
+            cache: Lookup::new(),
             duration_hit: m.token_verify_duration.with_label_values(&["hit"]),
             duration_miss: m.token_verify_duration.with_label_values(&["miss"]),
             tenant_ok: dashmap::DashMap::with_hasher(ahash::RandomState::new()),
@@ -111,20 +105,12 @@ impl Verifier {
     /// Applies reloaded settings. Unchanged settings keep everything; changed ones bump the
     /// policy generation so every cached verification is redone under the new policy.
     pub fn update_settings(&self, settings: VerifySettings) {
-        let cur = self.policy.load_full();
-        if cur.settings == settings {
+        let cur = self.active.load_full();
+        if cur.policy.settings == settings {
             return;
         }
-        let cache = match (&cur.cache, settings.token_cache_capacity) {
-            (_, 0) => None,
-            (Some(c), n) if cur.settings.token_cache_capacity == n => Some(c.clone()),
-            (_, n) => Some(Arc::new(TokenCache::new(n))),
-        };
-        self.policy.store(Arc::new(Policy::compile(
-            settings,
-            cur.generation + 1,
-            cache,
-        )));
+        let next = Active::new(settings, cur.policy.generation + 1, Some(&cur));
+        self.active.store(Arc::new(next));
     }
 
     pub fn key_store(&self) -> &Arc<KeyStore> {
@@ -132,7 +118,7 @@ impl Verifier {
     }
 
     pub fn max_token_bytes(&self) -> usize {
-        self.policy.load().max_token_bytes
+        self.active.load().policy.max_token_bytes
     }
 
     /// The issuer tokens for `realm` must carry.
@@ -146,7 +132,8 @@ impl Verifier {
         headers: &'a HeaderMap,
         query: Option<&'a str>,
     ) -> Result<Option<&'a str>, AuthError> {
-        let p = self.policy.load();
+        let active = self.active.load();
+        let p = &active.policy;
         extract_token(
             headers,
             p.settings.cookie_name.as_deref(),
@@ -165,7 +152,10 @@ impl Verifier {
         token: &str,
     ) -> Result<Arc<Identity>, AuthError> {
         let started = Instant::now();
-        let (res, hit) = match self.cached(realm, token) {
+        let cached = self
+            .cache
+            .cached(&self.active.load(), &self.keys, realm, token);
+        let (res, hit) = match cached {
             Cached::Hit(id) => (Ok(id), true),
             Cached::Reject(e) => (Err(e), false),
             Cached::Miss(key) => (self.verify_uncached(realm, token, key).await, false),
@@ -210,7 +200,8 @@ impl Verifier {
         token: &str,
         cache_key: Option<u64>,
     ) -> Result<Arc<Identity>, AuthError> {
-        let policy = self.policy.load_full();
+        let active = self.active.load_full();
+        let policy = &active.policy;
         if token.len() > policy.max_token_bytes {
             return Err(AuthError::TokenTooLarge);
         }
@@ -222,7 +213,7 @@ impl Verifier {
         // One fast UTF-8 pass here lets serde_json skip validating every string it borrows.
         let payload = std::str::from_utf8(&payload).map_err(|_| AuthError::MalformedToken)?;
         let mut de = serde_json::Deserializer::from_str(payload);
-        let claims = ClaimsSeed { policy: &policy }
+        let claims = ClaimsSeed { policy }
             .deserialize(&mut de)
             .and_then(|c| de.end().map(|()| c))
             .map_err(|_| AuthError::MalformedToken)?;
@@ -230,11 +221,11 @@ impl Verifier {
         // not verify never admits a never-seen realm nor queues a fetch.
         let now = self.keys.now();
         let expected = self.keys.expectation(realm_name);
-        pre_key_checks(&header, alg, &claims, &policy, &expected, now)?;
+        pre_key_checks(&header, alg, &claims, policy, &expected, now)?;
         let realm = self.keys.realm(realm_name).await?;
         if !Arc::ptr_eq(realm.issuer(), &expected.issuer) {
             // Admitted just now, or replaced by a reload meanwhile: check against what is held.
-            pre_key_checks(&header, alg, &claims, &policy, &realm.expectation(), now)?;
+            pre_key_checks(&header, alg, &claims, policy, &realm.expectation(), now)?;
         }
 
         let key = self
@@ -246,19 +237,8 @@ impl Verifier {
                 sig_b64,
             )
             .await?;
-        let mut identity = build_identity(&claims, &policy, realm.issuer().clone())?;
-        if let (Some(cache), Some(k)) = (&policy.cache, cache_key) {
-            identity.proof = Some(Proof {
-                sig_tail: sig_tail(token),
-                len: u32::try_from(token.len()).unwrap_or(u32::MAX),
-                generation: policy.generation,
-                key,
-            });
-            let identity = Arc::new(identity);
-            cache.insert(k, identity.clone());
-            return Ok(identity);
-        }
-        Ok(Arc::new(identity))
+        let identity = build_identity(&claims, policy, realm.issuer().clone())?;
+        Ok(remember(&active, cache_key, token, key, identity))
     }
 
     /// Verifies the signature of `signing_input` with `realm`'s key the header names, under

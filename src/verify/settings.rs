@@ -1,12 +1,9 @@
 //! Token policy: the operator's [`VerifySettings`] and the [`Policy`] compiled from them.
 
-use std::sync::Arc;
-
 use http::HeaderName;
 use serde_json::Value;
 use tracing::error;
 
-use super::cache::TokenCache;
 use super::extract::DEFAULT_MAX_TOKEN_BYTES;
 use super::jose::BStr;
 
@@ -137,15 +134,10 @@ pub(super) struct Policy {
     pub(super) extras: Box<[(ClaimPath, HeaderName)]>,
     /// Top-level claim names kept as JSON values for `permissions`/`extras`.
     pub(super) capture: Box<[Box<str>]>,
-    pub(super) cache: Option<Arc<TokenCache>>,
 }
 
 impl Policy {
-    pub(super) fn compile(
-        settings: VerifySettings,
-        generation: u64,
-        cache: Option<Arc<TokenCache>>,
-    ) -> Self {
+    pub(super) fn compile(settings: VerifySettings, generation: u64) -> Self {
         let clients = if settings.client_role_clients.is_empty() {
             &settings.audiences
         } else {
@@ -184,7 +176,6 @@ impl Policy {
             permissions,
             extras: extras.into_boxed_slice(),
             capture: capture.into_boxed_slice(),
-            cache,
             settings,
         }
     }

@@ -5,6 +5,11 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod idp;
+mod template;
+
+// Not every test binary builds its config from the template.
+#[allow(unused_imports)]
+pub use template::TestConfig;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
@@ -42,8 +47,8 @@ pub async fn until(mut cond: impl FnMut() -> bool, what: &str) {
 /// hand an ephemeral port out again once its probe socket is closed, and two parallel tests
 /// (or a gateway's proxy and admin ports) must not collide.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock();
     loop {
         let port = StdListener::bind("127.0.0.1:0")
             .unwrap()

@@ -13,12 +13,11 @@ use serde::Deserialize;
 
 use super::settings::HttpSettings;
 use super::template::Template;
-use super::{field, FieldError, LoadError, Subject};
+use super::{field, FieldError, LoadError, PerSubject, Subject};
 
 pub(super) struct HttpSource {
     client: reqwest::Client,
-    user: Option<Template>,
-    role: Option<Template>,
+    urls: PerSubject<Template>,
     max_body: usize,
     secret: Option<(HeaderName, HeaderValue)>,
 }
@@ -104,18 +103,14 @@ impl HttpSource {
             .map_err(|e| field("http", format!("cannot build the client ({e})")))?;
         Ok(Self {
             client,
-            user,
-            role,
+            urls: PerSubject { user, role },
             max_body: s.max_body_bytes,
             secret,
         })
     }
 
     pub(super) fn loads(&self, subject: &Subject<'_>) -> bool {
-        match subject {
-            Subject::User(_) => self.user.is_some(),
-            Subject::Role(_) => self.role.is_some(),
-        }
+        self.urls.loads(subject)
     }
 
     pub(super) async fn fetch(
@@ -123,11 +118,7 @@ impl HttpSource {
         tenant: &str,
         subject: &Subject<'_>,
     ) -> Result<Vec<String>, LoadError> {
-        let (template, value) = match subject {
-            Subject::User(u) => (&self.user, *u),
-            Subject::Role(r) => (&self.role, *r),
-        };
-        let Some(template) = template else {
+        let Some((template, value)) = self.urls.get(subject) else {
             return Ok(Vec::new());
         };
         let mut req = self

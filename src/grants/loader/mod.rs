@@ -61,6 +61,29 @@ pub(super) enum Subject<'a> {
     Role(&'a str),
 }
 
+/// A source's setting per kind of key (the http loader's URL templates, the postgres loader's
+/// queries). Either may be absent: a deployment may load only users or only roles, and a key
+/// of a kind without a setting is answered empty without a call.
+pub(super) struct PerSubject<T> {
+    pub(super) user: Option<T>,
+    pub(super) role: Option<T>,
+}
+
+impl<T> PerSubject<T> {
+    /// The setting for `subject`'s kind, with the name the key is asked for.
+    pub(super) fn get<'s>(&self, subject: &Subject<'s>) -> Option<(&T, &'s str)> {
+        match *subject {
+            Subject::User(u) => Some((self.user.as_ref()?, u)),
+            Subject::Role(r) => Some((self.role.as_ref()?, r)),
+        }
+    }
+
+    /// Whether keys of `subject`'s kind are loaded at all.
+    pub(super) fn loads(&self, subject: &Subject<'_>) -> bool {
+        self.get(subject).is_some()
+    }
+}
+
 /// Why a loader gave no answer. Logged (without user ids), never shown to clients.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum LoadError {

@@ -13,12 +13,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::settings::PostgresSettings;
-use super::{field, FieldError, LoadError, Subject};
+use super::{field, FieldError, LoadError, PerSubject, Subject};
 
 pub(super) struct PostgresSource {
     pool: Pool,
-    user_query: Option<String>,
-    role_query: Option<String>,
+    queries: PerSubject<String>,
 }
 
 /// `$1` and `$2` must both appear, and no higher parameter.
@@ -94,16 +93,15 @@ impl PostgresSource {
             .map_err(|e| field("postgres", format!("cannot build the pool ({e})")))?;
         Ok(Self {
             pool,
-            user_query: s.user_query.clone(),
-            role_query: s.role_query.clone(),
+            queries: PerSubject {
+                user: s.user_query.clone(),
+                role: s.role_query.clone(),
+            },
         })
     }
 
     pub(super) fn loads(&self, subject: &Subject<'_>) -> bool {
-        match subject {
-            Subject::User(_) => self.user_query.is_some(),
-            Subject::Role(_) => self.role_query.is_some(),
-        }
+        self.queries.loads(subject)
     }
 
     pub(super) async fn fetch(
@@ -111,11 +109,7 @@ impl PostgresSource {
         tenant: &str,
         subject: &Subject<'_>,
     ) -> Result<Vec<String>, LoadError> {
-        let (query, value) = match subject {
-            Subject::User(u) => (&self.user_query, *u),
-            Subject::Role(r) => (&self.role_query, *r),
-        };
-        let Some(query) = query else {
+        let Some((query, value)) = self.queries.get(subject) else {
             return Ok(Vec::new());
         };
         let client = self.pool.get().await.map_err(|e| match e {
